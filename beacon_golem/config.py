@@ -1,0 +1,33 @@
+"""Configuration from the environment and `.env`: the only global settings there are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import platformdirs
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("beacon-golem", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """Every knob read from `BEACON_*` variables (or a `.env` file in the working directory)."""
+
+    model_config = SettingsConfigDict(env_prefix="BEACON_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    shim_token: SecretStr | None = None
+    llama_server: Path | None = None
+    log_level: str = "info"
+    log_format: str = "auto"  # auto | json | console
+    upstream_connect_timeout_s: float = 10.0
+    upstream_read_timeout_s: float = 600.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_job_requests: int = 10_000
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

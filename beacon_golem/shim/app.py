@@ -1,0 +1,368 @@
+"""The node shim: one aiohttp service on port 8080 in front of whatever runtime the node runs.
+
+Routes: GET /health, GET /info, POST /inference, POST /v1/chat/completions, GET /v1/models,
+POST /jobs, GET /jobs/{id}, DELETE /jobs/{id}, GET /metrics. See docs/shim.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from beacon_golem import __version__
+from beacon_golem.errors import BeaconError, RuntimeUnavailable
+from beacon_golem.inference import GenerationRequest, GenerationResult
+from beacon_golem.log import get_logger
+from beacon_golem.probe.hardware import SystemInfo, system_info
+from beacon_golem.runtimes import RuntimeAdapter, RuntimeStatus, Timeouts, adapter_class
+from beacon_golem.shim.api import ErrorBody, Health, JobAccepted, JobSpec, NodeInfo, RuntimeInfo
+from beacon_golem.shim.jobs import JobManager
+from beacon_golem.shim.metrics import ShimMetrics
+
+log = get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ShimConfig(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    runtime: str
+    upstream: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    data_dir: Path
+    token: SecretStr | None = None
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_job_requests: int = 10_000
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 600.0
+    launch_settings: dict[str, Any] = Field(default_factory=dict)
+    extra_info: dict[str, Any] = Field(default_factory=dict)
+
+
+class Shim:
+    """Everything one shim instance holds; created per app, never global."""
+
+    def __init__(self, config: ShimConfig) -> None:
+        self.config = config
+        self.metrics = ShimMetrics()
+        self.started_at = datetime.now(UTC)
+        self.session: aiohttp.ClientSession | None = None
+        self.adapter: RuntimeAdapter | None = None
+        self.jobs = JobManager(config.data_dir / "jobs", self.generate)
+        self._system: asyncio.Task[SystemInfo] | None = None
+        self._info: NodeInfo | None = None
+        self._models: list[str] = []
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+    async def start(self, _: web.Application) -> None:
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Connection limit off: the shim must not queue requests the runtime could serve.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        timeouts = Timeouts(self.config.connect_timeout_s, self.config.read_timeout_s)
+        self.adapter = adapter_class(self.config.runtime)(
+            self.config.upstream, self.session, timeouts, self.config.launch_settings
+        )
+        self._system = asyncio.create_task(system_info(self.config.data_dir))
+        self.jobs.load()
+
+    async def close(self, _: web.Application) -> None:
+        await self.jobs.close()
+        if self._system and not self._system.done():
+            self._system.cancel()
+        if self.session:
+            await self.session.close()
+
+    @property
+    def runtime(self) -> RuntimeAdapter:
+        assert self.adapter is not None, "shim not started"
+        return self.adapter
+
+    def node_id(self) -> str:
+        path = self.config.data_dir / "node_id"
+        if not path.exists():
+            path.write_text(uuid.uuid4().hex)
+        return path.read_text().strip()
+
+    # ---- runtime -----------------------------------------------------------------------------
+    async def status(self) -> RuntimeStatus:
+        status = await self.runtime.status()
+        if status.models:
+            self._models = status.models
+        return status
+
+    async def default_model(self) -> str:
+        if not self._models:
+            status = await self.status()
+            if not status.ready:
+                raise RuntimeUnavailable(status.reason or f"{self.runtime.name} is not ready")
+        return self._models[0]
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        model = request.model or await self.default_model()
+        self.metrics.in_flight.inc()
+        try:
+            result = await self.runtime.generate(request, model)
+        except BeaconError:
+            self.metrics.failed_generation(self.runtime.name)
+            raise
+        finally:
+            self.metrics.in_flight.dec()
+        self.metrics.generation(result)
+        return result
+
+    async def info(self, refresh: bool = False) -> NodeInfo:
+        if self._info is None or refresh:
+            assert self._system is not None
+            status = await self.status()
+            self._info = NodeInfo(
+                shim_version=__version__,
+                node_id=self.node_id(),
+                runtime=RuntimeInfo(
+                    name=self.runtime.name,
+                    version=status.version,
+                    upstream=self.runtime.base_url,
+                    settings=status.settings,
+                    models=status.models,
+                ),
+                system=await asyncio.shield(self._system),
+                started_at=self.started_at,
+                extra=self.config.extra_info,
+            )
+        return self._info
+
+
+SHIM: web.AppKey[Shim] = web.AppKey("shim", Shim)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def json_response(body: BaseModel | dict[str, Any] | list[Any], status: int = 200) -> web.Response:
+    """A JSON response with Content-Length (Golem's HTTP proxy cuts chunked bodies)."""
+    text = body.model_dump_json() if isinstance(body, BaseModel) else _dumps(body)
+    return web.Response(text=text, status=status, content_type="application/json")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response(ErrorBody(error=message, status=status), status=status)
+
+
+def one_line(exc: ValidationError) -> str:
+    """The first validation problem, naming the field: `max_tokens: Input should be ...`."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where or 'body'}: {first['msg']}{extra}"
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw:
+        raise web.HTTPBadRequest(reason="request body is empty: send JSON")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise web.HTTPBadRequest(reason="request body is not valid JSON") from None
+        raise
+
+
+async def parse_json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(reason="request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise web.HTTPUnprocessableEntity(reason="request body must be a JSON object")
+    return body
+
+
+def route_name(request: web.Request) -> str:
+    info = request.match_info.route.resource
+    return info.canonical if info is not None else "unmatched"
+
+
+# ---- middlewares -------------------------------------------------------------------------------
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON `{"error", "status"}`; nothing leaks a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.reason if exc.text in (None, "", f"{exc.status}: {exc.reason}") else exc.text
+        if exc.status == 413:
+            message = f"request body too large (limit {request.app[SHIM].config.max_body_bytes} bytes)"
+        elif exc.status == 404 and route_name(request) == "unmatched":
+            message = f"no route {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        return error_response(exc.status, message or exc.reason)
+    except ValidationError as exc:
+        return error_response(422, one_line(exc))
+    except BeaconError as exc:
+        return error_response(exc.http_status, str(exc))
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("unhandled_error", path=request.path)
+        return error_response(500, "internal error in the shim (see the node log)")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[SHIM].metrics
+    route = route_name(request)
+    started = time.perf_counter()
+    response = await handler(request)
+    metrics.requests.labels(route, str(response.status)).inc()
+    if response.status >= 400:
+        metrics.errors.labels(route, str(response.status)).inc()
+    metrics.request_seconds.labels(route).observe(time.perf_counter() - started)
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    token = request.app[SHIM].config.token
+    if token is None or request.path == "/health":
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token.get_secret_value()):
+        response = error_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    return await handler(request)
+
+
+# ---- handlers ----------------------------------------------------------------------------------
+async def health(request: web.Request) -> web.Response:
+    shim = request.app[SHIM]
+    status = await shim.status()
+    body = Health(
+        status="ok" if status.ready else "unavailable",
+        runtime=shim.runtime.name,
+        models=status.models,
+        reason=status.reason,
+    )
+    return json_response(body, 200 if status.ready else 503)
+
+
+async def info(request: web.Request) -> web.Response:
+    refresh = request.query.get("refresh", "") in ("1", "true")
+    return json_response(await request.app[SHIM].info(refresh))
+
+
+async def inference(request: web.Request) -> web.Response:
+    generation = await parse_body(request, GenerationRequest)
+    return json_response(await request.app[SHIM].generate(generation))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """OpenAI-compatible pass-through, fixed for the runtime's traps; streaming works."""
+    shim = request.app[SHIM]
+    body = await parse_json_object(request)
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise web.HTTPUnprocessableEntity(reason="messages: a non-empty list is required")
+    body = shim.runtime.adapt_openai_body(body)
+    body.setdefault("model", await shim.default_model())
+    timeout = shim.runtime.timeouts.client_timeout()
+    async with shim.runtime.request(
+        "POST", shim.runtime.openai_url("chat/completions"), json=body, timeout=timeout
+    ) as upstream:
+        if not body.get("stream"):
+            raw = await upstream.read()
+            return web.Response(body=raw, status=upstream.status, content_type="application/json")
+        response = web.StreamResponse(
+            status=upstream.status, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        async for piece in upstream.content.iter_any():
+            await response.write(piece)
+        await response.write_eof()
+        return response
+
+
+async def models(request: web.Request) -> web.Response:
+    shim = request.app[SHIM]
+    async with shim.runtime.request("GET", shim.runtime.openai_url("models")) as upstream:
+        raw = await upstream.read()
+    return web.Response(body=raw, content_type="application/json")
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    shim = request.app[SHIM]
+    spec = await parse_body(request, JobSpec)
+    if len(spec.requests) > shim.config.max_job_requests:
+        raise web.HTTPUnprocessableEntity(
+            reason=f"requests: {len(spec.requests)} is more than this node takes in one job ({shim.config.max_job_requests})"
+        )
+    job = shim.jobs.submit(spec)
+    body = JobAccepted(id=job.id, state=job.state.state, total=len(spec.requests))
+    response = json_response(body, 202)
+    response.headers["Location"] = f"/jobs/{job.id}"
+    return response
+
+
+def _job(request: web.Request) -> Any:
+    job_id = request.match_info["job_id"]
+    try:
+        return request.app[SHIM].jobs.get(job_id)
+    except KeyError:
+        raise web.HTTPNotFound(reason=f"no job {job_id}") from None
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = _job(request)
+    partial = request.query.get("partial", "") in ("1", "true")
+    return json_response(job.view(with_results=partial or job.state.state in ("done", "cancelled")))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    job = await request.app[SHIM].jobs.cancel(_job(request).id)
+    return json_response(job.view(with_results=True))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = request.app[SHIM].metrics.render()
+    return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+def create_app(config: ShimConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, metrics_middleware, auth_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    shim = Shim(config)
+    app[SHIM] = shim
+    app.on_startup.append(shim.start)
+    app.on_cleanup.append(shim.close)
+    app.router.add_get("/health", health)
+    app.router.add_get("/info", info)
+    app.router.add_post("/inference", inference)
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/jobs", submit_job)
+    app.router.add_get("/jobs/{job_id}", get_job)
+    app.router.add_delete("/jobs/{job_id}", cancel_job)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,182 @@
+"""Batch jobs on a node: run a list of requests with bounded concurrency, durably.
+
+Each job lives in `<data_dir>/jobs/<id>/`: `spec.json` (what was asked), `state.json`
+(queued, running, done, cancelled) and `results.jsonl`, one `JobItem` appended and flushed
+to disk as each request completes. A shim that restarts reloads every job, keeps every
+finished result and runs only the requests that had not finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ValidationError
+
+from beacon_golem.errors import BeaconError
+from beacon_golem.inference import GenerationRequest, GenerationResult
+from beacon_golem.log import get_logger
+from beacon_golem.shim.api import JobItem, JobSpec, JobState, JobView
+
+log = get_logger(__name__)
+
+Generate = Callable[[GenerationRequest], Awaitable[GenerationResult]]
+
+
+class _StateFile(BaseModel):
+    state: JobState
+    created_at: datetime
+    finished_at: datetime | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+
+
+class Job:
+    def __init__(self, job_id: str, spec: JobSpec, directory: Path, state: _StateFile) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.dir = directory
+        self.state = state
+        self.items: dict[int, JobItem] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def save_state(self) -> None:
+        _write_atomic(self.dir / "state.json", self.state.model_dump_json())
+
+    def append(self, item: JobItem) -> None:
+        with (self.dir / "results.jsonl").open("a") as fh:
+            fh.write(item.model_dump_json() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.items[item.index] = item
+
+    def view(self, with_results: bool) -> JobView:
+        items = sorted(self.items.values(), key=lambda i: i.index)
+        return JobView(
+            id=self.id,
+            state=self.state.state,
+            label=self.spec.label,
+            total=len(self.spec.requests),
+            completed=sum(1 for i in items if i.ok),
+            failed=sum(1 for i in items if not i.ok),
+            created_at=self.state.created_at,
+            finished_at=self.state.finished_at,
+            results=items if with_results else None,
+        )
+
+
+class JobManager:
+    """Owns every job of one shim; `generate` runs one request against the runtime."""
+
+    def __init__(self, root: Path, generate: Generate) -> None:
+        self.root = root
+        self.generate = generate
+        self.jobs: dict[str, Job] = {}
+        root.mkdir(parents=True, exist_ok=True)
+
+    def load(self) -> None:
+        """Read every job back from disk and resume the unfinished ones."""
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            try:
+                spec = JobSpec.model_validate_json((directory / "spec.json").read_text())
+                state = _StateFile.model_validate_json((directory / "state.json").read_text())
+            except (OSError, ValidationError) as exc:
+                log.warning("job_unreadable", job=directory.name, error=str(exc).splitlines()[0])
+                continue
+            job = Job(directory.name, spec, directory, state)
+            results = directory / "results.jsonl"
+            if results.exists():
+                for line in results.read_text().splitlines():
+                    try:
+                        item = JobItem.model_validate_json(line)
+                    except ValidationError:
+                        continue  # a line torn by a crash mid-write: that request runs again
+                    job.items[item.index] = item
+            self.jobs[job.id] = job
+            if state.state in ("queued", "running"):
+                log.info("job_resumed", job=job.id, finished=len(job.items), total=len(spec.requests))
+                self._start(job)
+
+    def submit(self, spec: JobSpec) -> Job:
+        job_id = uuid.uuid4().hex
+        directory = self.root / job_id
+        directory.mkdir()
+        _write_atomic(directory / "spec.json", spec.model_dump_json())
+        job = Job(job_id, spec, directory, _StateFile(state="queued", created_at=_now()))
+        job.save_state()
+        self.jobs[job_id] = job
+        self._start(job)
+        return job
+
+    def get(self, job_id: str) -> Job:
+        try:
+            return self.jobs[job_id]
+        except KeyError:
+            raise KeyError(job_id) from None
+
+    async def cancel(self, job_id: str) -> Job:
+        job = self.get(job_id)
+        if job.state.state in ("queued", "running"):
+            if job.task:
+                job.task.cancel()
+                await asyncio.gather(job.task, return_exceptions=True)
+            job.state.state = "cancelled"
+            job.state.finished_at = _now()
+            job.save_state()
+        return job
+
+    async def close(self) -> None:
+        """Stop running jobs without marking them ended: a restart resumes them."""
+        tasks = [j.task for j in self.jobs.values() if j.task and not j.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, job: Job) -> None:
+        job.task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+
+    async def _run(self, job: Job) -> None:
+        job.state.state = "running"
+        job.save_state()
+        pending = [i for i in range(len(job.spec.requests)) if i not in job.items]
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for index in pending:
+            queue.put_nowait(index)
+
+        async def worker() -> None:
+            while True:
+                try:
+                    index = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                job.append(await self._one(job.spec.requests[index], index))
+
+        workers = min(job.spec.concurrency, len(pending)) or 1
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        job.state.state = "done"
+        job.state.finished_at = _now()
+        job.save_state()
+        log.info("job_done", job=job.id, total=len(job.spec.requests))
+
+    async def _one(self, request: GenerationRequest, index: int) -> JobItem:
+        try:
+            result = await self.generate(request)
+        except BeaconError as exc:
+            return JobItem(index=index, ok=False, error=str(exc), error_status=exc.http_status)
+        return JobItem(index=index, ok=True, result=result)
+
