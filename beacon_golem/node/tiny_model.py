@@ -132,7 +132,8 @@ def write_tiny_model(path: Path, seed: int = DEFAULT_SEED) -> Path:
 
 def ensure_tiny_model(data_dir: Path, seed: int = DEFAULT_SEED) -> Path:
     """The tiny model under `data_dir/models`, written on first use."""
-    path = data_dir / "models" / f"{MODEL_NAME}-{seed}.gguf"
+    name = MODEL_NAME if seed == DEFAULT_SEED else f"{MODEL_NAME}-{seed}"
+    path = data_dir / "models" / f"{name}.gguf"
     if not path.is_file():
         write_tiny_model(path, seed)
     return path

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -159,7 +159,7 @@ class RuntimeAdapter(ABC):
             await resp.read()
 
     def request(self, method: str, url: str, **kwargs: Any) -> _Upstream:
-        return _Upstream(self, self.session.request(method, url, **kwargs))
+        return _Upstream(self, lambda: self.session.request(method, url, **kwargs))
 
     async def read_json(self, resp: aiohttp.ClientResponse) -> Any:
         raw = await resp.read()
@@ -172,14 +172,27 @@ class RuntimeAdapter(ABC):
 class _Upstream:
     """Async context around an upstream request that maps failures onto our error types."""
 
-    def __init__(self, adapter: RuntimeAdapter, ctx: Any) -> None:
+    def __init__(self, adapter: RuntimeAdapter, make: Callable[[], Any]) -> None:
         self.adapter = adapter
-        self.ctx = ctx
+        self.make = make
+        self.ctx: Any = None
+
+    async def _open(self) -> aiohttp.ClientResponse:
+        # A kept-alive connection the runtime has already closed fails before the request is
+        # read (llama-server closes idle and much-used connections): retry once, fresh.
+        for attempt in (1, 2):
+            self.ctx = self.make()
+            try:
+                return await self.ctx.__aenter__()  # type: ignore[no-any-return]
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def __aenter__(self) -> aiohttp.ClientResponse:
         name = self.adapter.name
         try:
-            resp: aiohttp.ClientResponse = await self.ctx.__aenter__()
+            resp = await self._open()
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout(f"{name} did not answer in time") from exc
         except aiohttp.ClientError as exc:

@@ -55,6 +55,8 @@ class LlamaCppAdapter(OpenAIChatAdapter):
         argv = [
             str(binary),
             "--model", model,
+            # Serve the model under its file name (beacon-tiny), not its full path.
+            "--alias", Path(model).stem,
             "--host", host,
             "--port", str(port or cls.default_port),
             "--parallel", str(parallel),

@@ -71,7 +71,9 @@ class Shim:
     async def start(self, _: web.Application) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         # Connection limit off: the shim must not queue requests the runtime could serve.
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        # force_close: llama-server drops a connection after a stream without saying so, and
+        # a reused dead connection fails the next request; a loopback connect costs ~0.1 ms.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
         timeouts = Timeouts(self.config.connect_timeout_s, self.config.read_timeout_s)
         self.adapter = adapter_class(self.config.runtime)(
             self.config.upstream, self.session, timeouts, self.config.launch_settings

@@ -1,0 +1,3 @@
+from beacon_golem.cli import main
+
+main()

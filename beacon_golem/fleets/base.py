@@ -1,0 +1,107 @@
+"""Where nodes come from: one interface for local processes, static URLs and Golem providers.
+
+A fleet is an async context: entering it brings nodes up, leaving it takes them down.
+While a run goes on, the fleet reports nodes lost and added through `events()`, and the
+dispatcher tells the fleet about nodes it found broken through `report_lost()` (a Golem
+fleet blacklists the provider and rents a replacement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from beacon_golem.shim.api import NodeInfo
+
+
+class Node(BaseModel):
+    """A node the dispatcher can send work to: a shim URL plus what we know of it."""
+
+    node_id: str
+    url: str
+    region: str | None = None
+    token: SecretStr | None = None
+    info: NodeInfo | None = None
+    #: How many requests the dispatcher keeps in flight on this node.
+    concurrency: int = Field(default=4, ge=1)
+    provider_id: str | None = None
+    provider_name: str | None = None
+    fleet: str = "static"
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def runtime(self) -> str | None:
+        return self.info.runtime.name if self.info else None
+
+    @property
+    def models(self) -> list[str]:
+        return self.info.runtime.models if self.info else []
+
+
+class FleetEvent(BaseModel):
+    kind: Literal["added", "lost"]
+    node: Node
+    reason: str | None = None
+
+
+class Fleet(ABC):
+    """Base class: subclasses implement `start` and `stop`; the event plumbing is shared."""
+
+    name: str = "fleet"
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
+
+    async def __aenter__(self) -> Fleet:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Bring the first nodes up (call `add_node` for each)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Take every node down and release what the fleet holds."""
+
+    def nodes(self) -> list[Node]:
+        """The nodes alive now."""
+        return list(self._nodes.values())
+
+    def add_node(self, node: Node) -> None:
+        self._nodes[node.node_id] = node
+        self._events.put_nowait(FleetEvent(kind="added", node=node))
+
+    def lose_node(self, node_id: str, reason: str) -> None:
+        node = self._nodes.pop(node_id, None)
+        if node is not None:
+            self._events.put_nowait(FleetEvent(kind="lost", node=node, reason=reason))
+
+    async def report_lost(self, node_id: str, reason: str) -> None:
+        """The dispatcher found this node broken; a fleet may replace it."""
+        self.lose_node(node_id, reason)
+
+    async def events(self) -> AsyncIterator[FleetEvent]:
+        while True:
+            yield await self._events.get()
+
+    def next_event_nowait(self) -> FleetEvent | None:
+        try:
+            return self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None

