@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +28,13 @@ from beacon_golem.runtimes import adapter_class
 from beacon_golem.shim.app import SHIM, ShimConfig, create_app
 
 log = get_logger(__name__)
+
+
+def die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the node process dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -111,6 +120,7 @@ class LocalNode:
                     stderr=asyncio.subprocess.STDOUT,
                     stdin=asyncio.subprocess.DEVNULL,
                     start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )
             except FileNotFoundError as exc:
                 raise BeaconError(f"cannot start {cfg.runtime}: {spec.argv[0]} not found") from exc
@@ -159,6 +169,12 @@ class LocalNode:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+    def kill_runtime(self) -> None:
+        """SIGKILL the runtime at once, as a crash would."""
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
     async def stop(self) -> None:
         if self.runner is not None:

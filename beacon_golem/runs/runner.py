@@ -1,0 +1,117 @@
+"""A run from start to end: load the suite, record the run, bring up the fleet, dispatch, finish.
+
+The CLI calls `plan_run` (fast: the run id exists and is on disk before any node starts),
+then `execute_run`; `beacon run --resume` calls `execute_run` again on the same run id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr
+
+from beacon_golem.errors import UsageError
+from beacon_golem.fleets.base import Fleet
+from beacon_golem.fleets.local import LocalFleet, LocalFleetConfig
+from beacon_golem.fleets.static import StaticFleet, StaticNodeSpec
+from beacon_golem.log import get_logger
+from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
+from beacon_golem.runs.jobspec import import_jobspec
+from beacon_golem.runs.store import RunRow, Store
+from beacon_golem.runs.suite import Suite, expand_jobs, load_suite
+
+log = get_logger(__name__)
+
+FleetKind = Literal["local", "static", "golem"]
+
+
+class FleetChoice(BaseModel):
+    """How the user asked for nodes; stored with the run so `--resume` can ask again."""
+
+    kind: FleetKind = "local"
+    nodes: int = Field(default=2, ge=1)
+    node_urls: list[str] = Field(default_factory=list)
+    runtime: str = "llamacpp"
+    model: str | None = None
+    parallel: int | None = None
+    #: Settings for the Golem fleet (image, budget, prices...), passed through as given.
+    golem: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_run_input(path: Path) -> tuple[Suite, str]:
+    """A suite (YAML) or a Project Beacon JobSpec (JSON with a `benchmark`): the suite and its source."""
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and "benchmark" in data:
+            return import_jobspec(path), str(path)
+    return load_suite(path), str(path)
+
+
+def plan_run(store: Store, suite: Suite, source: str, fleet: FleetChoice) -> RunRow:
+    """Record the run and all its jobs as pending; returns at once with the run id."""
+    return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
+
+
+def build_fleet(choice: FleetChoice, suite: Suite, data_dir: Path, token: SecretStr | None) -> Fleet:
+    parallel = choice.parallel or suite.limits.per_node_concurrency
+    if choice.kind == "local":
+        runtimes = {m.runtime for m in suite.models} - {"any"}
+        if runtimes - {choice.runtime}:
+            raise UsageError(
+                f"the local fleet runs {choice.runtime}, but the suite asks for {', '.join(sorted(runtimes))}"
+            )
+        return LocalFleet(
+            LocalFleetConfig(
+                nodes=choice.nodes,
+                regions=suite.regions,
+                runtime=choice.runtime,
+                model=choice.model,
+                parallel=parallel,
+                data_dir=data_dir / "local-fleet",
+            )
+        )
+    if choice.kind == "static":
+        specs = [StaticNodeSpec.parse(url, token) for url in choice.node_urls]
+        for spec in specs:
+            spec.concurrency = parallel
+        return StaticFleet(specs)
+    from beacon_golem.fleets.golem.fleet import golem_fleet_from_choice
+
+    return golem_fleet_from_choice(choice, suite, data_dir)
+
+
+def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:
+    return DispatchConfig(
+        limits=suite.limits,
+        per_node_concurrency=choice.parallel or suite.limits.per_node_concurrency,
+        # Golem fleets replace lost nodes: give them time before failing unservable jobs.
+        unmatched_wait_s=300.0 if choice.kind == "golem" else 0.0,
+    )
+
+
+async def execute_run(
+    store: Store,
+    run: RunRow,
+    fleet: Fleet,
+    config: DispatchConfig,
+    receipts: Receipts | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    on_fleet_ready: Callable[[Fleet], None] | None = None,
+) -> RunRow:
+    """Bring the fleet up, dispatch every unfinished job, and close the run."""
+    reset = store.reset_running(run.run_id)
+    if reset:
+        store.add_event(run.run_id, "resumed", reset=reset)
+    async with fleet:
+        if on_fleet_ready:
+            on_fleet_ready(fleet)
+        dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
+        progress = await dispatcher.run()
+    status = "done" if progress.failed == 0 else "failed"
+    return store.finish_run(run.run_id, status)
