@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+if TYPE_CHECKING:
+    from beacon_golem.shim.app import ShimLimits
 
 
 def default_data_dir() -> Path:
@@ -27,6 +32,17 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_job_requests: int = 10_000
+
+
+    def shim_limits(self) -> ShimLimits:
+        from beacon_golem.shim.app import ShimLimits
+
+        return ShimLimits(
+            max_body_bytes=self.max_body_bytes,
+            max_job_requests=self.max_job_requests,
+            connect_timeout_s=self.upstream_connect_timeout_s,
+            read_timeout_s=self.upstream_read_timeout_s,
+        )
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -17,7 +17,7 @@ from beacon_golem.inference import GenerationRequest
 from beacon_golem.node.launcher import free_port
 from beacon_golem.runtimes.llamacpp import LlamaCppAdapter
 from beacon_golem.shim.api import JobSpec
-from beacon_golem.shim.app import ShimConfig, create_app
+from beacon_golem.shim.app import ShimConfig, ShimLimits, create_app
 from beacon_golem.shim.client import ShimClient, ShimError
 from tests.conftest import llama_server_binary, serve_app
 
@@ -244,7 +244,7 @@ async def test_bad_input_gets_a_clear_json_error(
 
 
 async def test_body_over_the_limit_is_413(tmp_path: Path, llama_server: str) -> None:
-    config = ShimConfig(runtime="llamacpp", upstream=llama_server, data_dir=tmp_path, max_body_bytes=1024)
+    config = ShimConfig(runtime="llamacpp", upstream=llama_server, data_dir=tmp_path, limits=ShimLimits(max_body_bytes=1024))
     async with serve_app(create_app(config)) as url, aiohttp.ClientSession() as http:
         async with http.post(url + "/inference", json={"prompt": "x" * 4096}) as resp:
             assert resp.status == 413
@@ -280,7 +280,7 @@ async def _misbehaving_runtime(mode: str) -> web.Application:
 @pytest.mark.parametrize(("mode", "status", "needle"), [("slow", 504, "time"), ("error", 502, "HTTP 500"), ("torn", 502, "malformed")])
 async def test_runtime_failures_map_to_gateway_errors(tmp_path: Path, mode: str, status: int, needle: str) -> None:
     async with serve_app(await _misbehaving_runtime(mode)) as upstream:
-        config = ShimConfig(runtime="llamacpp", upstream=upstream, data_dir=tmp_path, read_timeout_s=0.5)
+        config = ShimConfig(runtime="llamacpp", upstream=upstream, data_dir=tmp_path, limits=ShimLimits(read_timeout_s=0.5))
         async with serve_app(create_app(config)) as url, ShimClient(url) as client:
             with pytest.raises(ShimError) as err:
                 await client.infer(GenerationRequest(prompt="x", model="m"))

@@ -54,6 +54,7 @@ def node_up(
         upstream=upstream,
         region=region,
         ready_timeout_s=ready_timeout,
+        limits=settings.shim_limits(),
     )
 
     def ready(node: LocalNode) -> None:
@@ -80,10 +81,7 @@ def shim(
         port=port,
         data_dir=data_dir or settings.data_dir / "shim",
         token=settings.shim_token,
-        max_body_bytes=settings.max_body_bytes,
-        max_job_requests=settings.max_job_requests,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-        read_timeout_s=settings.upstream_read_timeout_s,
+        limits=settings.shim_limits(),
     )
     out.print(f"shim for {runtime} at {config.upstream} listening on http://{host}:{port}")
     web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)

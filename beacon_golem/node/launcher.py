@@ -25,7 +25,7 @@ from beacon_golem.errors import BeaconError, UsageError
 from beacon_golem.log import get_logger
 from beacon_golem.node.tiny_model import ensure_tiny_model
 from beacon_golem.runtimes import adapter_class
-from beacon_golem.shim.app import SHIM, ShimConfig, create_app
+from beacon_golem.shim.app import SHIM, ShimConfig, ShimLimits, create_app
 
 log = get_logger(__name__)
 
@@ -57,6 +57,7 @@ class NodeConfig(BaseModel):
     ready_timeout_s: float = 120.0
     region: str | None = None
     extra_info: dict[str, Any] = Field(default_factory=dict)
+    limits: ShimLimits = Field(default_factory=ShimLimits)
 
 
 class LocalNode:
@@ -133,6 +134,7 @@ class LocalNode:
             port=cfg.port,
             data_dir=cfg.data_dir,
             token=cfg.token,
+            limits=cfg.limits,
             launch_settings=launch_settings,
             extra_info={**cfg.extra_info, **({"region": cfg.region} if cfg.region else {})},
         )

@@ -37,6 +37,8 @@ class FleetChoice(BaseModel):
     runtime: str = "llamacpp"
     model: str | None = None
     parallel: int | None = None
+    #: Region labels dealt to local nodes (default: the suite's regions).
+    regions: list[str] = Field(default_factory=list)
     #: Settings for the Golem fleet (image, budget, prices...), passed through as given.
     golem: dict[str, Any] = Field(default_factory=dict)
 
@@ -55,21 +57,30 @@ def load_run_input(path: Path) -> tuple[Suite, str]:
 
 def plan_run(store: Store, suite: Suite, source: str, fleet: FleetChoice) -> RunRow:
     """Record the run and all its jobs as pending; returns at once with the run id."""
+    if fleet.kind == "local":
+        runtimes = {m.runtime for m in suite.models} - {"any"}
+        if runtimes - {fleet.runtime}:
+            raise UsageError(f"the local fleet runs {fleet.runtime}, but the suite asks for {', '.join(sorted(runtimes))}")
     return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
 
 
-def build_fleet(choice: FleetChoice, suite: Suite, data_dir: Path, token: SecretStr | None) -> Fleet:
-    parallel = choice.parallel or suite.limits.per_node_concurrency
+def fleet_for_suite(choice: FleetChoice, suite: Suite) -> FleetChoice:
+    """Fill what the user left out from the suite: regions and per-node concurrency."""
+    return choice.model_copy(
+        update={
+            "regions": choice.regions or suite.regions,
+            "parallel": choice.parallel or suite.limits.per_node_concurrency,
+        }
+    )
+
+
+def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None) -> Fleet:
+    parallel = choice.parallel or 4
     if choice.kind == "local":
-        runtimes = {m.runtime for m in suite.models} - {"any"}
-        if runtimes - {choice.runtime}:
-            raise UsageError(
-                f"the local fleet runs {choice.runtime}, but the suite asks for {', '.join(sorted(runtimes))}"
-            )
         return LocalFleet(
             LocalFleetConfig(
                 nodes=choice.nodes,
-                regions=suite.regions,
+                regions=choice.regions or ["local"],
                 runtime=choice.runtime,
                 model=choice.model,
                 parallel=parallel,
@@ -77,13 +88,11 @@ def build_fleet(choice: FleetChoice, suite: Suite, data_dir: Path, token: Secret
             )
         )
     if choice.kind == "static":
-        specs = [StaticNodeSpec.parse(url, token) for url in choice.node_urls]
-        for spec in specs:
-            spec.concurrency = parallel
+        specs = [StaticNodeSpec.parse(url, token).model_copy(update={"concurrency": parallel}) for url in choice.node_urls]
         return StaticFleet(specs)
     from beacon_golem.fleets.golem.fleet import golem_fleet_from_choice
 
-    return golem_fleet_from_choice(choice, suite, data_dir)
+    return golem_fleet_from_choice(choice, data_dir)
 
 
 def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:

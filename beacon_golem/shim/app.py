@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from beacon_golem import __version__
 from beacon_golem.errors import BeaconError, RuntimeUnavailable
@@ -36,19 +36,24 @@ M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class ShimConfig(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+class ShimLimits(BaseModel):
+    """Bounds on what a shim accepts and how long it waits for its runtime."""
 
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_job_requests: int = Field(default=10_000, ge=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    #: Longest silence between two bytes of a runtime's answer.
+    read_timeout_s: float = Field(default=600.0, gt=0)
+
+
+class ShimConfig(BaseModel):
     runtime: str
     upstream: str
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     data_dir: Path
     token: SecretStr | None = None
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_job_requests: int = 10_000
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 600.0
+    limits: ShimLimits = Field(default_factory=ShimLimits)
     launch_settings: dict[str, Any] = Field(default_factory=dict)
     extra_info: dict[str, Any] = Field(default_factory=dict)
 
@@ -74,7 +79,7 @@ class Shim:
         # force_close: llama-server drops a connection after a stream without saying so, and
         # a reused dead connection fails the next request; a loopback connect costs ~0.1 ms.
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True))
-        timeouts = Timeouts(self.config.connect_timeout_s, self.config.read_timeout_s)
+        timeouts = Timeouts(self.config.limits.connect_timeout_s, self.config.limits.read_timeout_s)
         self.adapter = adapter_class(self.config.runtime)(
             self.config.upstream, self.session, timeouts, self.config.launch_settings
         )
@@ -212,7 +217,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         message = exc.reason if exc.text in (None, "", f"{exc.status}: {exc.reason}") else exc.text
         if exc.status == 413:
-            message = f"request body too large (limit {request.app[SHIM].config.max_body_bytes} bytes)"
+            message = f"request body too large: {exc.text}"
         elif exc.status == 404 and route_name(request) == "unmatched":
             message = f"no route {request.method} {request.path}"
         elif exc.status == 405:
@@ -314,9 +319,9 @@ async def models(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     shim = request.app[SHIM]
     spec = await parse_body(request, JobSpec)
-    if len(spec.requests) > shim.config.max_job_requests:
+    if len(spec.requests) > shim.config.limits.max_job_requests:
         raise web.HTTPUnprocessableEntity(
-            reason=f"requests: {len(spec.requests)} is more than this node takes in one job ({shim.config.max_job_requests})"
+            reason=f"requests: {len(spec.requests)} is more than this node takes in one job ({shim.config.limits.max_job_requests})"
         )
     job = shim.jobs.submit(spec)
     body = JobAccepted(id=job.id, state=job.state.state, total=len(spec.requests))
@@ -352,7 +357,7 @@ async def metrics(request: web.Request) -> web.Response:
 def create_app(config: ShimConfig) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware, metrics_middleware, auth_middleware],
-        client_max_size=config.max_body_bytes,
+        client_max_size=config.limits.max_body_bytes,
     )
     shim = Shim(config)
     app[SHIM] = shim

@@ -1,0 +1,115 @@
+"""`beacon run SUITE` and `beacon run --resume RUN_ID`: live progress, then where everything is."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from beacon_golem.cli import app
+from beacon_golem.config import load_settings
+from beacon_golem.errors import UsageError
+from beacon_golem.runs.dispatcher import RunProgress
+from beacon_golem.runs.runner import (
+    FleetChoice,
+    build_fleet,
+    dispatch_config,
+    execute_run,
+    fleet_for_suite,
+    load_run_input,
+    plan_run,
+)
+from beacon_golem.runs.store import open_store
+
+console = Console(stderr=True)
+out = Console()
+
+
+def progress_view(progress: RunProgress) -> Group:
+    table = Table(title=None, expand=False)
+    for col in ("node", "region", "done", "failed", "in flight", "tok/s", ""):
+        table.add_column(col, justify="right" if col not in ("node", "region", "") else "left")
+    for node in progress.nodes.values():
+        table.add_row(
+            node.node_id,
+            node.region or "-",
+            str(node.done),
+            str(node.failed),
+            str(node.in_flight),
+            f"{node.tokens_per_s:,.0f}",
+            "" if node.alive else "[red]lost[/red]",
+        )
+    summary = f"jobs {progress.finished}/{progress.total}: {progress.done} done, {progress.failed} failed"
+    return Group(table, summary)
+
+
+@app.command("run")
+def run(
+    suite_path: Path = typer.Argument(None, help="Suite YAML or Project Beacon JobSpec JSON", show_default=False),
+    resume: str = typer.Option(None, "--resume", help="Finish the unfinished jobs of this run id"),
+    fleet: str = typer.Option(None, help="Where nodes come from: local, static or golem [default: local]"),
+    nodes: int = typer.Option(None, help="How many nodes (local, golem) [default: 2]"),
+    node: list[str] = typer.Option(None, "--node", help="Static node URL, optionally with @REGION (repeat)"),
+    runtime: str = typer.Option(None, help="Runtime of the nodes the fleet starts [default: llamacpp]"),
+    model: str = typer.Option(None, help="Model the local nodes load (default: the generated tiny model)"),
+    parallel: int = typer.Option(None, help="Requests in flight per node (default: the suite's limit)"),
+    db: Path = typer.Option(None, help="SQLite store [default: <data dir>/beacon.db]"),
+) -> None:
+    """Dispatch a suite over a fleet; every answer is stored with its provenance and a signed receipt."""
+    settings = load_settings()
+    if (suite_path is None) == (resume is None):
+        raise UsageError("give a SUITE file or --resume RUN_ID (not both)")
+    if fleet is not None and fleet not in ("local", "static", "golem"):
+        raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
+    given = {"kind": fleet, "nodes": nodes, "node_urls": node or None, "runtime": runtime, "model": model, "parallel": parallel}
+    given = {k: v for k, v in given.items() if v is not None}
+    if given.get("node_urls") and "kind" not in given:
+        given["kind"] = "static"
+
+    if resume is None:
+        suite, source = load_run_input(suite_path)  # a bad suite fails here, before the store is touched
+        choice = fleet_for_suite(FleetChoice(**given), suite)
+        store = open_store(db or settings.data_dir / "beacon.db")
+        record = plan_run(store, suite, source, choice)
+    else:
+        store = open_store(db or settings.data_dir / "beacon.db", create=False)
+        record = store.find_run(resume)
+        choice = FleetChoice(**{**(record.fleet_desc or {}), **given})
+        record = store.reopen_run(record.run_id)
+        suite = record.suite
+    out.print(f"run {record.run_id}  ({record.total_jobs} jobs, store {store.path})")
+
+    fleet_obj = build_fleet(choice, settings.data_dir, settings.shim_token)
+    from beacon_golem.runs.receipts import receipt_issuer
+
+    receipts = receipt_issuer(settings.data_dir, record)
+    live = Live(progress_view(RunProgress(total=record.total_jobs)), console=console, refresh_per_second=4, transient=False)
+    try:
+        with live:
+            final = asyncio.run(
+                execute_run(
+                    store,
+                    record,
+                    fleet_obj,
+                    dispatch_config(suite, choice),
+                    receipts,
+                    on_progress=lambda p: live.update(progress_view(p)),
+                )
+            )
+    except KeyboardInterrupt:
+        store.finish_run(record.run_id, "interrupted")
+        console.print(f"interrupted: finish it with  beacon run --resume {record.run_id}")
+        raise SystemExit(130) from None
+    counts = final.job_counts
+    out.print(f"run {final.run_id} {final.status}: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed")
+    from beacon_golem.reports.differences import write_difference_report
+
+    md, js = write_difference_report(store, final.run_id, settings.data_dir / "reports" / final.run_id)
+    out.print(f"store:       {store.path}")
+    out.print(f"differences: {md}  ({js})")
+    if final.status != "done":
+        raise SystemExit(1)
