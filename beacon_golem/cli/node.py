@@ -24,7 +24,7 @@ models_app = typer.Typer(help="Models for the embedded default.", no_args_is_hel
 app.add_typer(node_app, name="node")
 app.add_typer(models_app, name="models")
 
-out = Console()
+out = Console(soft_wrap=True)
 RUNTIME_HELP = f"Inference runtime: {', '.join(RUNTIME_NAMES)}"
 
 

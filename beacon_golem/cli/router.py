@@ -14,7 +14,7 @@ from beacon_golem.errors import UsageError
 from beacon_golem.runs.router import REGION_HEADER, create_router_app
 from beacon_golem.runs.runner import FleetChoice, build_fleet
 
-out = Console()
+out = Console(soft_wrap=True)
 
 
 @app.command("router")

@@ -17,6 +17,7 @@ from beacon_golem.runs.dispatcher import RunProgress
 from beacon_golem.runs.runner import (
     FleetChoice,
     build_fleet,
+    check_fleet,
     dispatch_config,
     execute_run,
     fleet_for_suite,
@@ -26,7 +27,7 @@ from beacon_golem.runs.runner import (
 from beacon_golem.runs.store import open_store
 
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)
 
 
 def progress_view(progress: RunProgress) -> Group:
@@ -73,6 +74,7 @@ def run(
     if resume is None:
         suite, source = load_run_input(suite_path)  # a bad suite fails here, before the store is touched
         choice = fleet_for_suite(FleetChoice(**given), suite)
+        check_fleet(suite, choice)
         store = open_store(db or settings.data_dir / "beacon.db")
         record = plan_run(store, suite, source, choice)
     else:

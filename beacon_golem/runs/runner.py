@@ -57,11 +57,23 @@ def load_run_input(path: Path) -> tuple[Suite, str]:
 
 def plan_run(store: Store, suite: Suite, source: str, fleet: FleetChoice) -> RunRow:
     """Record the run and all its jobs as pending; returns at once with the run id."""
+    check_fleet(suite, fleet)
+    return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
+
+
+def check_fleet(suite: Suite, fleet: FleetChoice) -> None:
+    """Refuse, before anything is stored, a fleet that cannot serve the suite."""
     if fleet.kind == "local":
         runtimes = {m.runtime for m in suite.models} - {"any"}
         if runtimes - {fleet.runtime}:
             raise UsageError(f"the local fleet runs {fleet.runtime}, but the suite asks for {', '.join(sorted(runtimes))}")
-    return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
+        if fleet.nodes < len(fleet.regions):
+            raise UsageError(
+                f"the suite asks for {len(fleet.regions)} regions ({', '.join(fleet.regions)}): "
+                f"start at least that many local nodes (--nodes {len(fleet.regions)})"
+            )
+    if fleet.kind == "static" and not fleet.node_urls:
+        raise UsageError("the static fleet needs at least one --node URL")
 
 
 def fleet_for_suite(choice: FleetChoice, suite: Suite) -> FleetChoice:
