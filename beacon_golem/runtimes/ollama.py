@@ -1,10 +1,26 @@
 """Ollama, through its native API so that `num_predict` is honoured and durations come back.
 
-Reference: Ollama docs/api.md: POST /api/chat streams NDJSON objects, the last with
-`"done": true`, `done_reason`, `prompt_eval_count`, `eval_count` and `total_duration`,
-`load_duration`, `prompt_eval_duration`, `eval_duration` in nanoseconds; GET /api/tags lists
-local models; GET /api/version gives the version; default port 11434. Ollama has no
-`ignore_eos`, and its /v1 endpoint ignores `max_completion_tokens` (ollama issue 7125).
+Follows Ollama's docs/api.md (github.com/ollama/ollama/blob/main/docs/api.md), with
+docs/api/streaming.mdx, docs/api/errors.mdx and docs/api/usage.mdx beside it, and the
+field definitions in api/types.go:
+
+- POST /api/chat streams NDJSON (`application/x-ndjson`) objects; the last one has
+  `"done": true`, `done_reason` ("stop", "length", ...), `prompt_eval_count`, `eval_count`
+  and `total_duration`, `load_duration`, `prompt_eval_duration`, `eval_duration`, all
+  durations in nanoseconds. The final object may still carry content.
+- Those count and duration fields are `omitempty` in api/types.go (`Metrics`): a final
+  object without `eval_count` means the server counted 0.
+- An error after the stream started arrives as one more NDJSON line `{"error": "..."}`
+  with the HTTP status left at 200 (errors.mdx).
+- GET /api/tags lists local models (`models[].name` / `.model`); GET /api/version gives
+  `{"version": ...}`; there is no dedicated health route (GET / answers "Ollama is running").
+- Sampling goes in `options` (Modelfile parameters): `num_predict`, `temperature`, `top_p`,
+  `seed`, `stop`. Ollama has no `ignore_eos`, so output length cannot be fixed.
+- Server settings are environment variables (envconfig/config.go): OLLAMA_HOST
+  (`host:port`, default 127.0.0.1:11434), OLLAMA_NUM_PARALLEL (default 1: requests run
+  one at a time), OLLAMA_KEEP_ALIVE (default 5m, negative = keep loaded forever).
+- The OpenAI-style /v1/chat/completions ignores `max_completion_tokens` (ollama issue
+  7125; openai/openai.go reads only `max_tokens`), so the pass-through maps it.
 """
 
 from __future__ import annotations
@@ -31,9 +47,17 @@ _NS_FIELDS = {
     "eval_duration": "eval_ms",
 }
 
+#: Ollama's own default for OLLAMA_NUM_PARALLEL (envconfig/config.go).
+OLLAMA_DEFAULT_NUM_PARALLEL = 1
+
 
 def ns_to_ms(done: dict[str, Any]) -> dict[str, float] | None:
-    out = {ms: done[ns] / 1e6 for ns, ms in _NS_FIELDS.items() if isinstance(done.get(ns), int | float)}
+    """Ollama's nanosecond durations from the final object, in milliseconds."""
+    out = {
+        ms: done[ns] / 1e6
+        for ns, ms in _NS_FIELDS.items()
+        if isinstance(done.get(ns), int | float) and not isinstance(done.get(ns), bool)
+    }
     return out or None
 
 
@@ -46,14 +70,30 @@ class OllamaAdapter(RuntimeAdapter):
     def launch(
         cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
     ) -> LaunchSpec:
+        # `ollama serve` takes no model: the model must already be pulled (`ollama pull`).
         return LaunchSpec(
             argv=["ollama", "serve"],
             env={
                 "OLLAMA_HOST": f"{host}:{port or cls.default_port}",
-                # The default of 1 serializes every request: record and raise it.
+                # The default of 1 serializes every request: raise it, and record it.
                 "OLLAMA_NUM_PARALLEL": str(parallel),
+                # Keep the model loaded between benchmark phases: an unload after the
+                # default 5 minutes idle puts a model load into the next request's time.
+                "OLLAMA_KEEP_ALIVE": "-1",
             },
         )
+
+    def num_parallel(self) -> tuple[int, str]:
+        """The server's parallelism and where that figure comes from."""
+        s = self.launch_settings
+        for key in ("env_ollama_num_parallel", "num_parallel", "OLLAMA_NUM_PARALLEL"):
+            if s.get(key) not in (None, ""):
+                try:
+                    return int(s[key]), "launch"
+                except (TypeError, ValueError):
+                    break
+        # Not launched by us: Ollama does not report it, so assume its documented default.
+        return OLLAMA_DEFAULT_NUM_PARALLEL, "ollama default (not set by this node)"
 
     async def status(self) -> RuntimeStatus:
         try:
@@ -61,20 +101,23 @@ class OllamaAdapter(RuntimeAdapter):
         except UpstreamError as exc:
             return RuntimeStatus(reachable=True, ready=False, reason=str(exc))
         except RuntimeUnavailable as exc:
-            return RuntimeStatus(reachable=False, ready=False, reason=str(exc))
-        models = [m.get("name") or m.get("model") for m in tags.get("models", [])]
+            # BadUpstream (non-JSON) means something answers, but not Ollama as expected.
+            reachable = isinstance(exc, BadUpstream)
+            return RuntimeStatus(reachable=reachable, ready=False, reason=str(exc))
+        entries = tags.get("models") if isinstance(tags, dict) else None
+        models = [m.get("name") or m.get("model") for m in entries or [] if isinstance(m, dict)]
         models = [m for m in models if m]
         try:
             version = (await self.get_json("/api/version")).get("version")
-        except RuntimeUnavailable:
+        except (RuntimeUnavailable, AttributeError):
             version = None
-        settings = {"num_parallel": self.launch_settings.get("num_parallel", 1)}
+        parallel, source = self.num_parallel()
         return RuntimeStatus(
             reachable=True,
             ready=bool(models),
             models=models,
             version=version,
-            settings=settings,
+            settings={"num_parallel": parallel, "num_parallel_source": source},
             reason=None if models else "Ollama holds no model (ollama pull MODEL)",
         )
 
@@ -93,13 +136,14 @@ class OllamaAdapter(RuntimeAdapter):
     async def generate(self, request: GenerationRequest, model: str) -> GenerationResult:
         clock = StreamClock()
         parts: list[str] = []
-        done: dict[str, Any] = {}
+        thinking_chars = 0
+        done: dict[str, Any] | None = None
         async with self.request(
             "POST", self.url("/api/chat"), json=self.chat_body(request, model), timeout=self.timeouts.client_timeout()
         ) as resp:
 
             async def consume() -> None:
-                nonlocal done
+                nonlocal done, thinking_chars
                 async for line in iter_lines(resp):
                     if not line.strip():
                         continue
@@ -107,31 +151,47 @@ class OllamaAdapter(RuntimeAdapter):
                         obj = json.loads(line)
                     except ValueError as exc:
                         raise BadUpstream("ollama streamed a malformed line") from exc
+                    if not isinstance(obj, dict):
+                        raise BadUpstream("ollama streamed a line that is not a JSON object")
                     if obj.get("error"):
                         raise BadUpstream(f"ollama error mid-stream: {obj['error']}")
-                    text = (obj.get("message") or {}).get("content") or ""
+                    message = obj.get("message") or {}
+                    text = message.get("content") or ""
                     if text:
                         clock.content()
                         parts.append(text)
+                    thinking_chars += len(message.get("thinking") or "")
                     if obj.get("done"):
                         done = obj
                         break
 
             await guarded("streaming", self, consume())
 
+        if done is None:
+            raise BadUpstream("ollama's stream ended without its final `done: true` object")
+
         text = "".join(parts)
         warnings = []
         if request.ignore_eos:
             warnings.append("ollama has no ignore_eos: output length was not fixed")
-        if done.get("eval_count") is not None:
-            completion, source = int(done["eval_count"]), "server"
+        if thinking_chars:
+            warnings.append(
+                f"model streamed {thinking_chars} characters of thinking (message.thinking): "
+                "not in text, and TTFT counts from the first visible content"
+            )
+        # api/types.go: the counts are `omitempty`, so an absent count in the final object is 0.
+        eval_count = done.get("eval_count", 0)
+        if isinstance(eval_count, int) and (eval_count > 0 or not text):
+            completion, source = eval_count, "server"
         else:
             completion, source = estimate_tokens(text), "estimate"
             warnings.append("runtime reported no eval_count: token count estimated from text")
+        prompt_tokens = done.get("prompt_eval_count", 0)
         return GenerationResult(
             text=text,
-            finish_reason=done.get("done_reason") or ("stop" if done else None),
-            prompt_tokens=done.get("prompt_eval_count"),
+            # Older servers send no done_reason: leave it unknown rather than guess "stop".
+            finish_reason=done.get("done_reason") or None,
+            prompt_tokens=prompt_tokens if isinstance(prompt_tokens, int) else None,
             completion_tokens=completion,
             token_count_source=source,
             ttft_ms=clock.ttft_ms,
@@ -147,6 +207,8 @@ class OllamaAdapter(RuntimeAdapter):
         """Ollama's /v1 ignores `max_completion_tokens` and `ignore_eos`: map and drop them."""
         body = dict(body)
         if "max_completion_tokens" in body:
-            body.setdefault("max_tokens", body.pop("max_completion_tokens"))
+            value = body.pop("max_completion_tokens")
+            if body.get("max_tokens") is None and value is not None:
+                body["max_tokens"] = value
         body.pop("ignore_eos", None)
         return body

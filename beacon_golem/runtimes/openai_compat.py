@@ -7,7 +7,7 @@ per-request timing fields they add, which subclasses describe.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from beacon_golem.errors import BadUpstream
 from beacon_golem.inference import GenerationRequest, GenerationResult, estimate_tokens
@@ -16,6 +16,11 @@ from beacon_golem.runtimes.base import RuntimeAdapter, StreamClock, drop_none, g
 
 class OpenAIChatAdapter(RuntimeAdapter):
     """Generation through `{openai_base}/chat/completions` with `stream: true`."""
+
+    #: Whether the runtime always ends its stream with `data: [DONE]`, so that a stream
+    #: without it was cut short (BadUpstream). Off by default: lenient for runtimes that
+    #: do not document it.
+    requires_done_marker: ClassVar[bool] = False
 
     def chat_body(self, request: GenerationRequest, model: str) -> dict[str, Any]:
         body = drop_none(
@@ -48,24 +53,30 @@ class OpenAIChatAdapter(RuntimeAdapter):
         usage: dict[str, Any] | None = None
         timings: dict[str, float] | None = None
         served_model = model
+        saw_done = False
         async with self.request(
             "POST", self.openai_url("chat/completions"), json=body, timeout=self.timeouts.client_timeout()
         ) as resp:
 
             async def consume() -> None:
-                nonlocal finish, usage, timings, served_model
+                nonlocal finish, usage, timings, served_model, saw_done
                 async for line in iter_lines(resp):
                     if not line.startswith(b"data:"):
                         continue
                     data = line[5:].strip()
                     if data == b"[DONE]":
+                        saw_done = True
                         break
                     try:
                         chunk = json.loads(data)
                     except ValueError as exc:
                         raise BadUpstream(f"{self.name} streamed a malformed chunk") from exc
+                    if not isinstance(chunk, dict):
+                        raise BadUpstream(f"{self.name} streamed a chunk that is not a JSON object")
                     if "error" in chunk:
                         raise BadUpstream(f"{self.name} error mid-stream: {chunk['error']}")
+                    if chunk.get("object") == "error":  # older vLLM: a flat ErrorResponse
+                        raise BadUpstream(f"{self.name} error mid-stream: {chunk.get('message')}")
                     served_model = chunk.get("model") or served_model
                     for choice in chunk.get("choices") or []:
                         text = (choice.get("delta") or {}).get("content") or ""
@@ -79,6 +90,8 @@ class OpenAIChatAdapter(RuntimeAdapter):
 
             await guarded("streaming", self, consume())
 
+        if self.requires_done_marker and not saw_done:
+            raise BadUpstream(f"{self.name}'s stream ended without data: [DONE]")
         return self.finish_result(request, parts, finish, usage, timings, clock, served_model)
 
     def finish_result(
