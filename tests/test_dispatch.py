@@ -143,7 +143,7 @@ async def test_a_job_that_keeps_failing_ends_failed_after_its_retries(tmp_path: 
         suite = make_suite(regions="[US]")
         suite = suite.model_copy(update={"limits": Limits(retries=1, backoff_s=0.05, backoff_max_s=0.1)})
         store = open_store(tmp_path / "beacon.db")
-        run = plan_run(store, suite, "s.yaml", FleetChoice(kind="static"))
+        run = plan_run(store, suite, "s.yaml", FleetChoice(kind="static", node_urls=["http://placeholder"]))
         async with serve_app(app) as url:
             fleet = StaticFleet([StaticNodeSpec(url=url, region="US")])
             async with fleet:

@@ -244,8 +244,10 @@ class Dispatcher:
     def _start(self, state: _NodeState, job: JobRow) -> None:
         del self.pending[job.job_id]
         self.not_before.pop(job.job_id, None)
-        self.store.claim_job(job.job_id, state.node.node_id)
-        job = job.model_copy(update={"attempts": job.attempts + 1, "state": "running"})
+        claimed = self.store.claim_job(job.job_id, state.node.node_id)
+        if claimed is None:  # not pending in the store: someone else ended it
+            return
+        job = claimed
         self.progress.nodes[state.node.node_id].in_flight += 1
         task = asyncio.create_task(self._run_job(state, job), name=f"job-{job.job_id}")
         state.tasks.add(task)

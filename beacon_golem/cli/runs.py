@@ -1,0 +1,413 @@
+"""`beacon runs list|show|export|plan`, `beacon verify`, `beacon import-jobspec`, `beacon diff`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, get_args
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from beacon_golem.cli import app
+from beacon_golem.errors import UsageError
+from beacon_golem.runs.store import JobRow, ResultRow, RunRow, Store, default_db_path
+
+runs_app = typer.Typer(help="Runs recorded in the store: list, show, export; plan a suite.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+out = Console()
+DB_HELP = "Run database (default: beacon.db in the data directory; env BEACON_DB)"
+
+
+def _db_option() -> Any:
+    return typer.Option(None, "--db", envvar="BEACON_DB", help=DB_HELP)
+
+
+def _open(db: Path | None) -> Store:
+    """Open for reading only: these commands never change the database."""
+    return Store(db or default_db_path(), readonly=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
+def _ts(value: Any) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value is not None else "—"
+
+
+def _snippet(text: str | None, limit: int = 60) -> str:
+    if text is None:
+        return ""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# ---------------------------------------------------------------------------------------
+# beacon runs list | show | export | plan
+
+
+@runs_app.command("list")
+def runs_list(db: Path = _db_option()) -> None:
+    """Every run in the database, newest first."""
+    with _open(db) as store:
+        runs = store.list_runs()
+    if not runs:
+        out.print(f"no runs in {db or default_db_path()}")
+        return
+    table = Table(title=f"Runs in {db or default_db_path()}", box=box.SIMPLE_HEAD)
+    table.add_column("Run", no_wrap=True)
+    table.add_column("Suite", min_width=10, overflow="fold")
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Created (UTC)", no_wrap=True)
+    table.add_column("Done", justify="right", no_wrap=True)
+    table.add_column("Failed", justify="right", no_wrap=True)
+    for run in runs:
+        c = run.job_counts
+        table.add_row(run.run_id, run.suite_name, run.status, f"{run.created_at:%m-%d %H:%M}",
+                      f"{c['done']}/{run.total_jobs}", str(c["failed"]))  # fmt: skip
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix of it, or 'latest'"),
+    db: Path = _db_option(),
+    events: bool = typer.Option(False, "--events", help="Also list the run's events"),
+) -> None:
+    """A run: its suite, nodes, jobs and answers."""
+    with _open(db) as store:
+        run = store.find_run(run_id)
+        nodes = store.nodes(run.run_id)
+        jobs = store.jobs(run.run_id)
+        results = {r.job_id: r for r in store.results(run.run_id)}
+        event_rows = store.events(run.run_id) if events else []
+    c = run.job_counts
+    out.print(f"[bold]run {run.run_id}[/bold]  {run.status}")
+    out.print(f"suite     {run.suite_name}  {run.suite_hash}")
+    out.print(f"created   {_ts(run.created_at)} UTC   finished {_ts(run.finished_at)}")
+    out.print(f"jobs      {run.total_jobs}: {c['done']} done, {c['failed']} failed, {c['pending']} pending, "
+              f"{c['running']} running")  # fmt: skip
+    if run.fleet_desc:
+        out.print(f"fleet     {json.dumps(run.fleet_desc, ensure_ascii=False)}")
+    if nodes:
+        table = Table(title="Nodes")
+        for col in ("Node", "Region", "Fleet", "Provider", "Runtime", "GPU", "Status", "Answers"):
+            table.add_column(col)
+        answered: dict[str, int] = {}
+        for r in results.values():
+            answered[r.node_id] = answered.get(r.node_id, 0) + 1
+        for n in nodes:
+            gpu = ", ".join(g.name for g in n.info.system.gpus) if n.info and n.info.system.gpus else "—"
+            runtime = f"{n.info.runtime.name} {n.info.runtime.version or ''}".strip() if n.info else "—"
+            status = n.status + (f" ({n.lost_reason})" if n.lost_reason else "")
+            provider = n.provider_name or n.provider_id or "—"
+            table.add_row(n.node_id, n.region or "—", n.fleet, provider, runtime, gpu, status,
+                          str(answered.get(n.node_id, 0)))  # fmt: skip
+        out.print(table)
+    several_models = len({j.model for j in jobs}) > 1
+    several_reps = any(j.repetition for j in jobs)
+    table = Table(title="Jobs", box=box.SIMPLE_HEAD)
+    table.add_column("#", justify="right", no_wrap=True)
+    table.add_column("Question", overflow="fold")
+    if several_models:
+        table.add_column("Model", overflow="fold")
+    table.add_column("Region", no_wrap=True)
+    if several_reps:
+        table.add_column("Rep", justify="right", no_wrap=True)
+    for col in ("State", "Try", "Node", "Tok", "ms"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("Try", "Tok", "ms") else "left")
+    table.add_column("Answer / error", overflow="fold", ratio=1)
+    for j in jobs:
+        r = results.get(j.job_id)
+        cells = [str(j.seq), j.question_id] + ([j.model] if several_models else []) + [j.region]
+        cells += [str(j.repetition)] if several_reps else []
+        cells += [
+            j.state, str(j.attempts), (r.node_id if r else j.node_id) or "—",
+            str(r.result.completion_tokens) if r and r.result.completion_tokens is not None else "",
+            f"{r.result.e2e_ms:.0f}" if r else "",
+            _snippet(r.text) if r else _snippet(j.error),
+        ]  # fmt: skip
+        table.add_row(*cells)
+    out.print(table)
+    if event_rows:
+        table = Table(title="Events")
+        for col in ("Time (UTC)", "Kind", "Node", "Job", "Detail"):
+            table.add_column(col, overflow="fold")
+        for e in event_rows:
+            table.add_row(f"{e.ts:%H:%M:%S.%f}"[:-3], e.kind, e.node_id or "", e.job_id or "",
+                          json.dumps(e.detail, ensure_ascii=False) if e.detail else "")  # fmt: skip
+        out.print(table)
+
+
+def export_record(run: RunRow, job: JobRow, result: ResultRow | None) -> dict[str, Any]:
+    """One job (and its answer, when it has one) as an export line."""
+    return {
+        "run_id": run.run_id,
+        "suite_name": run.suite_name,
+        "suite_hash": run.suite_hash,
+        "job_id": job.job_id,
+        "job_key": job.job_key,
+        "seq": job.seq,
+        "question_id": job.question_id,
+        "category": job.category,
+        "model": job.model,
+        "runtime": job.runtime,
+        "region": job.region,
+        "repetition": job.repetition,
+        "state": job.state,
+        "attempts": job.attempts,
+        "node_id": result.node_id if result else job.node_id,
+        "error": job.error,
+        "request": job.spec.get("request"),
+        "text": result.text if result else None,
+        "result": result.result.model_dump(mode="json") if result else None,
+        "started_at": result.started_at.isoformat() if result else None,
+        "ended_at": result.ended_at.isoformat() if result else None,
+        "receipt": result.receipt if result else None,
+    }
+
+
+CSV_COLUMNS = [
+    "run_id", "job_id", "seq", "question_id", "category", "model", "runtime", "region", "repetition", "state",
+    "attempts", "node_id", "error", "text", "finish_reason", "prompt_tokens", "completion_tokens",
+    "token_count_source", "ttft_ms", "e2e_ms", "tok_per_s", "started_at", "ended_at", "outputs_hash",
+]  # fmt: skip
+
+
+def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    result = record["result"] or {}
+    receipt_run = ((record["receipt"] or {}).get("receipt") or {}).get("run") or {}
+    row = {k: record.get(k) for k in CSV_COLUMNS if k in record}
+    for key in ("finish_reason", "prompt_tokens", "completion_tokens", "token_count_source", "ttft_ms", "e2e_ms"):
+        row[key] = result.get(key)
+    row["tok_per_s"] = receipt_run.get("tok_per_s")
+    row["outputs_hash"] = receipt_run.get("outputs_hash")
+    return {k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS}
+
+
+@runs_app.command("export")
+def runs_export(
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix of it, or 'latest'"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (every field, receipts included) or csv"),
+    out_path: Path = typer.Option(None, "--out", help="File to write (default: standard output)"),
+    db: Path = _db_option(),
+) -> None:
+    """Every job of a run with its answer, timings and receipt."""
+    if fmt not in ("jsonl", "csv"):
+        raise UsageError(f"--format: '{fmt}' is not one of jsonl, csv")
+    with _open(db) as store:
+        run = store.find_run(run_id)
+        results = {r.job_id: r for r in store.results(run.run_id)}
+        records = [export_record(run, j, results.get(j.job_id)) for j in store.jobs(run.run_id)]
+    if fmt == "jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    else:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for r in records:
+            writer.writerow(_csv_row(r))
+        text = buf.getvalue()
+    if out_path is None:
+        sys.stdout.write(text)
+        return
+    _write_text(out_path, text)
+    typer.echo(f"wrote {len(records)} jobs of run {run.run_id} to {out_path}", err=True)
+
+
+@runs_app.command("plan")
+def runs_plan(
+    suite_file: Path = typer.Argument(..., help="Suite file (YAML)"),
+    show_jobs: bool = typer.Option(False, "--jobs", help="List every planned job"),
+) -> None:
+    """Check a suite file and show the jobs a run of it would plan (touches no database)."""
+    from beacon_golem.runs.suite import expand_jobs, load_suite
+
+    suite = load_suite(suite_file)
+    jobs = expand_jobs(suite)
+    g = suite.generation
+    out.print(f"[bold]{suite.name}[/bold]  {suite.suite_hash()}")
+    out.print(f"{len(suite.questions)} questions x {len(suite.models)} models x {len(suite.regions)} regions "
+              f"x {g.repetitions} repetitions = {len(jobs)} jobs")  # fmt: skip
+    out.print(f"regions: {', '.join(suite.regions)}; models: "
+              + ", ".join(f"{m.name} ({m.runtime})" for m in suite.models))  # fmt: skip
+    if show_jobs:
+        table = Table(title="Planned jobs")
+        for col in ("#", "Key", "System prompt"):
+            table.add_column(col, overflow="fold")
+        for j in jobs:
+            table.add_row(str(j.seq), j.key, _snippet(j.system_prompt, 50) or "—")
+        out.print(table)
+
+
+# ---------------------------------------------------------------------------------------
+# beacon verify
+
+
+def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
+    """(label, envelope, text, result_json) for a receipt file or a `runs export` JSONL file."""
+    from beacon_golem.runs.suite import read_text_file
+
+    raw = read_text_file(path)
+    try:
+        docs = [json.loads(raw)]
+    except json.JSONDecodeError:
+        docs = []
+        for n, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                docs.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
+    items: list[tuple[str, dict[str, Any], str | None, str | None]] = []
+    for n, doc in enumerate(docs, 1):
+        label = str(path) if len(docs) == 1 else f"{path}:{n}"
+        if isinstance(doc, dict) and "signature" in doc:
+            items.append((label, doc, None, None))
+        elif isinstance(doc, dict) and isinstance(doc.get("receipt"), dict) and "signature" in doc["receipt"]:
+            result = doc.get("result")
+            label = f"{label} ({doc.get('job_id', '?')})"
+            items.append((label, doc["receipt"], doc.get("text"), json.dumps(result) if isinstance(result, dict) else None))
+        elif isinstance(doc, dict) and doc.get("receipt") is None and "job_id" in doc:
+            continue  # an exported job without an answer: nothing to verify
+        else:
+            raise UsageError(f"{label}: not a signed receipt (expected 'receipt', 'public_key' and 'signature')")
+    if not items:
+        raise UsageError(f"{path}: no receipts in the file")
+    return items
+
+
+@app.command("verify")
+def verify(
+    run_id: str = typer.Argument(None, help="Run id (or unique prefix, or 'latest') whose results to check"),
+    receipt: Path = typer.Option(None, "--receipt", help="Check one receipt file (or a `runs export` JSONL file)"),
+    text_file: Path = typer.Option(None, "--text", help="With --receipt: the answer text to check outputs_hash"),
+    public_key: str = typer.Option(None, "--public-key", help="Trusted signer: base64 key or key file (default: this machine's key)"),
+    any_key: bool = typer.Option(False, "--any-key", help="Accept receipts signed by any key (check consistency only)"),
+    db: Path = _db_option(),
+) -> None:
+    """Check results against their signed receipts; exit 1 with one line per altered item."""
+    from beacon_golem.runs.receipts import local_public_key, read_public_key, verify_receipt, verify_run
+    from beacon_golem.runs.suite import read_text_file
+
+    if (run_id is None) == (receipt is None):
+        raise UsageError("give a RUN_ID or --receipt FILE (one of them)")
+    if text_file is not None and receipt is None:
+        raise UsageError("--text goes with --receipt")
+    trusted: list[str] | None = None
+    if public_key and any_key:
+        raise UsageError("--public-key and --any-key exclude each other")
+    if public_key:
+        trusted = [read_public_key(public_key)]
+    elif not any_key:
+        local = local_public_key()
+        trusted = [local] if local else None
+
+    problems: list[str] = []
+    if receipt is not None:
+        items = _load_receipt_file(receipt)
+        given_text = read_text_file(text_file) if text_file is not None else None
+        for label, envelope, text, result_json in items:
+            text = given_text if given_text is not None else text
+            for problem in verify_receipt(envelope, text, trusted_keys=trusted, result_json=result_json):
+                problems.append(f"{label}: {problem}")
+        checked, what = len(items), f"receipt{'s' if len(items) != 1 else ''} in {receipt}"
+        if given_text is None and all(i[2] is None for i in items):
+            what += " (signature only: pass --text to check the answer)"
+    else:
+        with _open(db) as store:
+            run = store.find_run(run_id)
+            report = verify_run(store, run.run_id, trusted_keys=trusted)
+        problems, checked, what = report.problems, report.checked, f"results of run {run.run_id}"
+    if problems:
+        for line in problems:
+            typer.echo(line)
+        raise SystemExit(1)
+    pin = "trusted key" if trusted else "any key (no trusted key pinned)"
+    typer.echo(f"ok: {checked} {what} verified, signed by {pin}")
+
+
+# ---------------------------------------------------------------------------------------
+# beacon import-jobspec
+
+
+@app.command("import-jobspec")
+def import_jobspec_cmd(
+    jobspec: Path = typer.Argument(..., help="Project Beacon JobSpec (JSON)"),
+    questions: Path = typer.Option(None, "--questions", help="Questions file (category -> [{id, text, context}])"),
+    out_path: Path = typer.Option(None, "--out", help="Write the suite here (default: standard output)"),
+    model: str = typer.Option(None, "--model", help="Model to ask (default: from the container image, else beacon-tiny)"),
+    runtime: str = typer.Option(None, "--runtime", help="llamacpp, ollama, dmr, vllm or any"),
+    regional_context: bool = typer.Option(False, "--regional-context", help="Add a regional system prompt (Beacon's context mode)"),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists"),
+) -> None:
+    """Turn a Project Beacon JobSpec into a suite file for `beacon run`."""
+    from beacon_golem.runs.jobspec import import_jobspec
+    from beacon_golem.runs.suite import RuntimeName, dump_suite_yaml
+
+    allowed = get_args(RuntimeName)
+    if runtime is not None and runtime not in allowed:
+        raise UsageError(f"--runtime: '{runtime}' is not one of {', '.join(allowed)}")
+    if out_path is not None and out_path.exists() and not force:
+        raise UsageError(f"{out_path}: already exists (pass --force to overwrite)")
+    suite = import_jobspec(jobspec, questions, model=model, runtime=runtime, regional_context=regional_context)  # type: ignore[arg-type]
+    text = f"# Imported from {jobspec.name} by `beacon import-jobspec`; suite hash {suite.suite_hash()}\n"
+    text += dump_suite_yaml(suite)
+    if out_path is None:
+        sys.stdout.write(text)
+        return
+    _write_text(out_path, text)
+    typer.echo(
+        f"wrote {out_path}: {len(suite.questions)} questions x {len(suite.models)} models x "
+        f"{len(suite.regions)} regions ({', '.join(suite.regions)}) = {suite.job_count()} jobs",
+        err=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# beacon diff
+
+
+@app.command("diff")
+def diff(
+    run_id: str = typer.Argument(..., help="Run id, a unique prefix of it, or 'latest'"),
+    md: Path = typer.Option(None, "--md", help="Write the Markdown report here"),
+    json_path: Path = typer.Option(None, "--json", help="Write the JSON report here"),
+    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Regions disagree below this similarity"),
+    db: Path = _db_option(),
+) -> None:
+    """Answers side by side by region and model, and where regions disagree."""
+    from beacon_golem.reports.differences import build_report, render_markdown
+
+    with _open(db) as store:
+        run = store.find_run(run_id)
+        report = build_report(store, run.run_id, threshold=threshold)
+    markdown = render_markdown(report)
+    if md is None and json_path is None:
+        sys.stdout.write(markdown)
+        return
+    if md is not None:
+        _write_text(md, markdown)
+    if json_path is not None:
+        _write_text(json_path, report.model_dump_json(indent=2) + "\n")
+    s = report.summary
+    typer.echo(
+        f"{s.questions} questions, {s.comparisons} comparisons, {len(s.disagreements)} where regions disagree"
+        + "".join(f"; wrote {p}" for p in (md, json_path) if p is not None),
+        err=True,
+    )
