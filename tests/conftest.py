@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from aiohttp import web
 
 from beacon_golem.errors import BeaconError
@@ -102,3 +103,11 @@ async def shim_url(shim_config: ShimConfig) -> AsyncIterator[str]:
     """The shim in front of the shared real llama-server."""
     async with serve_app(create_app(shim_config)) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts and ends with structlog's defaults (a CLI call inside a test reconfigures it)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
