@@ -59,6 +59,12 @@ def run(
     model: str = typer.Option(None, help="Model the local nodes load (default: the generated tiny model)"),
     parallel: int = typer.Option(None, help="Requests in flight per node (default: the suite's limit)"),
     db: Path = typer.Option(None, help="SQLite store [default: <data dir>/beacon.db]"),
+    image: str = typer.Option(None, help="golem: image tag, sha3-224 hash or .gvmi URL [default: vm_images/images.lock.json]"),
+    budget: float = typer.Option(None, help="golem: GLM for the whole run, never exceeded"),
+    max_price_glm_per_hour: float = typer.Option(None, help="golem: most a node may cost per hour"),
+    subnet: str = typer.Option(None, help="golem: subnet tag [default: public]"),
+    payment_network: str = typer.Option(None, help="golem: holesky (testnet) or polygon"),
+    min_vram_gib: float = typer.Option(None, help="golem: least GPU memory a provider must offer"),
 ) -> None:
     """Dispatch a suite over a fleet; every answer is stored with its provenance and a signed receipt."""
     settings = load_settings()
@@ -67,6 +73,15 @@ def run(
     if fleet is not None and fleet not in ("local", "static", "golem"):
         raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
     given = {"kind": fleet, "nodes": nodes, "node_urls": node or None, "runtime": runtime, "model": model, "parallel": parallel}
+    golem = {
+        "image": image,
+        "budget": budget,
+        "max_price_glm_per_hour": max_price_glm_per_hour,
+        "subnet": subnet,
+        "payment_network": payment_network,
+        "min_vram_gib": min_vram_gib,
+    }
+    given["golem"] = {k: v for k, v in golem.items() if v is not None} or None
     given = {k: v for k, v in given.items() if v is not None}
     if given.get("node_urls") and "kind" not in given:
         given["kind"] = "static"
@@ -76,16 +91,17 @@ def run(
         choice = fleet_for_suite(FleetChoice(**given), suite)
         check_fleet(suite, choice)
         store = open_store(db or settings.data_dir / "beacon.db")
+        fleet_obj = build_fleet(choice, settings.data_dir, settings.shim_token, store)
         record = plan_run(store, suite, source, choice)
     else:
         store = open_store(db or settings.data_dir / "beacon.db", create=False)
         record = store.find_run(resume)
         choice = FleetChoice(**{**(record.fleet_desc or {}), **given})
+        fleet_obj = build_fleet(choice, settings.data_dir, settings.shim_token, store)
         record = store.reopen_run(record.run_id)
         suite = record.suite
     out.print(f"run {record.run_id}  ({record.total_jobs} jobs, store {store.path})")
 
-    fleet_obj = build_fleet(choice, settings.data_dir, settings.shim_token)
     from beacon_golem.runs.receipts import receipt_issuer
 
     receipts = receipt_issuer(settings.data_dir, record)

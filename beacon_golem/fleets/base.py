@@ -96,6 +96,10 @@ class Fleet(ABC):
         """The dispatcher found this node broken; a fleet may replace it."""
         self.lose_node(node_id, reason)
 
+    def accounting(self) -> list[BaseModel]:
+        """What the nodes cost (agreements, debit notes, invoices, per-node totals): none by default."""
+        return []
+
     async def events(self) -> AsyncIterator[FleetEvent]:
         while True:
             yield await self._events.get()

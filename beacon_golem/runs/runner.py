@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from beacon_golem.errors import UsageError
 from beacon_golem.fleets.base import Fleet
@@ -21,7 +21,7 @@ from beacon_golem.log import get_logger
 from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
 from beacon_golem.runs.jobspec import import_jobspec
 from beacon_golem.runs.store import RunRow, Store
-from beacon_golem.runs.suite import Suite, expand_jobs, load_suite
+from beacon_golem.runs.suite import Suite, expand_jobs, load_suite, one_line
 
 log = get_logger(__name__)
 
@@ -86,7 +86,7 @@ def fleet_for_suite(choice: FleetChoice, suite: Suite) -> FleetChoice:
     )
 
 
-def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None) -> Fleet:
+def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, store: Store | None = None) -> Fleet:
     parallel = choice.parallel or 4
     if choice.kind == "local":
         return LocalFleet(
@@ -102,9 +102,66 @@ def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None) ->
     if choice.kind == "static":
         specs = [StaticNodeSpec.parse(url, token).model_copy(update={"concurrency": parallel}) for url in choice.node_urls]
         return StaticFleet(specs)
-    from beacon_golem.fleets.golem.fleet import golem_fleet_from_choice
+    return golem_fleet(choice, data_dir, token, store)
 
-    return golem_fleet_from_choice(choice, data_dir)
+
+GOLEM_REQUIRED = {"budget": "--budget", "max_price_glm_per_hour": "--max-price-glm-per-hour"}
+
+
+def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, store: Store | None) -> Fleet:
+    """Rent nodes on Golem; providers we lost in earlier runs count against them."""
+    from beacon_golem.fleets.golem.config import GolemFleetConfig
+    from beacon_golem.fleets.golem.fleet import GolemFleet
+    from beacon_golem.fleets.golem.records import ProviderRecord
+
+    settings = dict(choice.golem)
+    missing = [flag for key, flag in GOLEM_REQUIRED.items() if key not in settings]
+    if missing:
+        raise UsageError(f"--fleet golem needs {' and '.join(missing)} (GLM): money is never spent without a cap")
+    if "image" not in settings:
+        from beacon_golem.images import lookup_image
+
+        entry = lookup_image(choice.runtime)
+        if entry is None:
+            raise UsageError(
+                f"--fleet golem: no --image given and vm_images/images.lock.json has no {choice.runtime} image "
+                f"(beacon image build {choice.runtime} && beacon image push {choice.runtime})"
+            )
+        settings["image"] = entry.hash
+    try:
+        config = GolemFleetConfig(
+            nodes=choice.nodes,
+            runtime=choice.runtime,
+            model=choice.model,
+            node_concurrency=choice.parallel or 4,
+            shim_token=token,
+            log_dir=data_dir / "golem-logs",
+            **settings,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--fleet golem: {one_line(exc)}") from None
+
+    def record(provider_id: str) -> ProviderRecord | None:
+        if store is None:
+            return None
+        runs, lost = store.provider_history(provider_id)
+        return ProviderRecord(provider_id=provider_id, runs=runs, failures=lost) if runs else None
+
+    return GolemFleet(config, provider_record=record)
+
+
+def save_accounting(store: Store, run_id: str, fleet: Fleet) -> None:
+    """Store what the fleet's nodes cost: each record as an event, the total on each node."""
+    spent: dict[str, float] = {}
+    for row in fleet.accounting():
+        data = row.model_dump(mode="json")
+        kind = str(data.pop("kind", type(row).__name__))
+        store.add_event(run_id, f"cost_{kind}", node_id=data.get("node_id"), **data)
+        if kind == "node_cost" and data.get("node_id"):
+            spent[data["node_id"]] = spent.get(data["node_id"], 0.0) + float(data["amount_glm"])
+    for node in store.nodes(run_id):
+        if node.node_id in spent:
+            store.set_node_extra(run_id, node.node_id, glm_spent=round(spent[node.node_id], 8))
 
 
 def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:
@@ -133,6 +190,9 @@ async def execute_run(
         if on_fleet_ready:
             on_fleet_ready(fleet)
         dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
-        progress = await dispatcher.run()
+        try:
+            progress = await dispatcher.run()
+        finally:
+            save_accounting(store, run.run_id, fleet)
     status = "done" if progress.failed == 0 else "failed"
     return store.finish_run(run.run_id, status)

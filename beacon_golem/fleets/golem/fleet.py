@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, Protocol
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from yapapi import events
 from yapapi.contrib.service.socket_proxy import SocketProxy
 from yapapi.services import ServiceState
@@ -219,6 +219,9 @@ class GolemFleet(Fleet):
     def records(self) -> list[GolemRecord]:
         """Agreements, debit notes, invoices and cost per node: pydantic rows for the store."""
         return self.ledger.rows()
+
+    def accounting(self) -> list[BaseModel]:
+        return list(self.records())
 
     def spent_glm(self) -> Decimal:
         return self.ledger.spent()
