@@ -722,6 +722,26 @@ class Store:
         rows = self._query("SELECT * FROM nodes WHERE run_id = ? AND node_id = ?", (run_id, node_id))
         return self._node_row(rows[0]) if rows else None
 
+    def set_node_extra(self, run_id: str, node_id: str, **values: Any) -> None:
+        """Merge `values` into a node's `extra` (e.g. `glm_spent` once the fleet has settled)."""
+        node = self.get_node(run_id, node_id)
+        if node is None:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE nodes SET extra_json = ? WHERE run_id = ? AND node_id = ?",
+                (_json({**node.extra, **values}), run_id, node_id),
+            )
+
+    def provider_history(self, provider_id: str) -> tuple[int, int]:
+        """(runs the provider served in, runs in which we lost it), over every run in the store."""
+        row = self._query(
+            "SELECT COUNT(DISTINCT run_id), COUNT(DISTINCT CASE WHEN status = 'lost' THEN run_id END)"
+            " FROM nodes WHERE provider_id = ?",
+            (provider_id,),
+        )[0]
+        return int(row[0]), int(row[1])
+
     def nodes(self, run_id: str) -> list[NodeRow]:
         return [self._node_row(r) for r in self._query("SELECT * FROM nodes WHERE run_id = ? ORDER BY first_seen, node_id", (run_id,))]
 
