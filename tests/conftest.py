@@ -111,3 +111,12 @@ def _fresh_logging() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def perf_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real small run (2 local nodes, 2 questions in US and EU, a perf sweep per node), shared read-only."""
+    from tests.perf_support import make_perf_run
+
+    llama_server_binary()
+    return make_perf_run(tmp_path_factory.mktemp("perf-run"))

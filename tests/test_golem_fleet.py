@@ -32,6 +32,7 @@ from beacon_golem.fleets.golem.payload import GpuVmPayload, ImageRef
 from beacon_golem.fleets.golem.records import AgreementRow, DebitNoteRow, InvoiceRow, NodeCostRow
 from beacon_golem.fleets.golem.service import BeaconNodeService
 from beacon_golem.fleets.golem.strategy import GpuMarketStrategy
+from beacon_golem.inference import GenerationRequest, GenerationResult
 from tests.test_golem_strategy import multi_gpu, single_gpu
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -39,19 +40,31 @@ NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 # ---- the providers' side ------------------------------------------------------------------------
 class FakeShim:
-    """Answers /health and /info like a node's shim; `healthy` flips its /health."""
+    """Answers /health, /info and /inference like a node's shim; `healthy` flips its /health.
 
-    def __init__(self, name: str, extra: dict[str, Any] | None = None) -> None:
+    /inference answers a valid `GenerationResult` naming this shim. After `hang_after` requests
+    every further one hangs (a VM that stopped answering mid-job) until `crash()` (the runtime
+    died: hung and new requests get a 502, /health a 503) or `stop()`.
+    """
+
+    def __init__(self, name: str, extra: dict[str, Any] | None = None, hang_after: int | None = None) -> None:
         self.name = name
         self.extra = extra or {}  # path -> POST handler
         self.healthy = True
         self.url = ""
+        self.hang_after = hang_after
+        self.received = 0  # /inference requests that arrived
+        self.hanging = 0  # /inference requests held unanswered now
+        self.crashed = False
+        self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/health", self.health)
         app.router.add_get("/info", self.info)
+        if "/inference" not in self.extra:
+            app.router.add_post("/inference", self.inference)
         for path, handler in self.extra.items():
             app.router.add_post(path, handler)
         self._runner = web.AppRunner(app, access_log=None)
@@ -62,8 +75,39 @@ class FakeShim:
         self.url = f"http://{host}:{port}"
 
     async def stop(self) -> None:
+        self._release.set()  # hung handlers end before the server waits for them
         if self._runner is not None:
             await self._runner.cleanup()
+
+    def crash(self) -> None:
+        self.crashed = True
+        self.healthy = False
+        self._release.set()
+
+    async def inference(self, request: web.Request) -> web.Response:
+        req = GenerationRequest.model_validate(await request.json())
+        self.received += 1
+        if not self.crashed and self.hang_after is not None and self.received > self.hang_after:
+            self.hanging += 1
+            try:
+                await self._release.wait()
+            finally:
+                self.hanging -= 1
+        if self.crashed:
+            return web.json_response({"error": "the runtime exited", "status": 502}, status=502)
+        question = req.chat_messages()[-1]["content"]
+        result = GenerationResult(
+            text=f"{self.name} answers: {question}",
+            finish_reason="stop",
+            prompt_tokens=8,
+            completion_tokens=4,
+            token_count_source="server",
+            ttft_ms=1.0,
+            e2e_ms=2.0,
+            runtime="vllm",
+            model=req.model or "m",
+        )
+        return web.json_response(text=result.model_dump_json())
 
     async def health(self, request: web.Request) -> web.Response:
         body = {"status": "ok" if self.healthy else "unavailable", "runtime": "vllm", "models": ["m"]}
@@ -198,6 +242,8 @@ class Market:
         self.refused: list[str] = []
         #: When set, instances fail their start with this reason (as start() raising would).
         self.fail_start: str | None = None
+        #: Makes the shim of each provider rented (provider id -> FakeShim).
+        self.shim_factory: Callable[[str], FakeShim] = FakeShim
 
     def provider(self, pid: str, props: dict[str, Any]) -> None:
         self.queue.append((pid, props))
@@ -226,7 +272,7 @@ class Market:
                     service.failure = self.fail_start
                     set_state(service, "terminated")
                     continue
-                shim = FakeShim(pid)
+                shim = self.shim_factory(pid)
                 await shim.start()
                 self.shims[pid] = shim
                 self.rented[service.id] = pid

@@ -373,3 +373,98 @@ def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
     with Store() as s:
         assert s.path == tmp_path / "data" / "beacon.db"
     assert (tmp_path / "data" / "beacon.db").is_file()
+
+
+# ---- schema 2: bench results, and the migration from schema 1 ---------------------------------------
+def _as_schema_1(path: Path) -> None:
+    """Turn a fresh file into what schema 1 wrote: schema 2 only added bench_results (table, index, trigger)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TRIGGER bench_results_never_deleted; DROP INDEX bench_results_run; DROP TABLE bench_results;"
+        " UPDATE schema_version SET version = 1;"
+    )
+    conn.close()
+
+
+def _dump(path: Path) -> dict[str, list[tuple]]:
+    return {t: raw(path, f"SELECT * FROM {t} ORDER BY rowid") for t in ("runs", "jobs", "results", "nodes", "events")}
+
+
+BENCH = {"target": {"runtime": "llamacpp", "via": "runtime"}, "steps": [
+    {"max_concurrency": 1, "completed": 4, "output_throughput": 120.5, "p99.9_ttft_ms": 9.5},
+    {"max_concurrency": 2, "completed": 4, "output_throughput": 200.0, "p99.9_ttft_ms": 12.0},
+]}  # fmt: skip
+
+
+def test_a_schema_1_file_migrates_in_place_and_keeps_every_row(tmp_path: Path, suite) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "beacon.db"
+    with Store(path) as s:
+        run = s.create_run(suite, SUITE, expand_jobs(suite), {"kind": "local"})
+        job = s.jobs(run.run_id)[0]
+        s.claim_job(job.job_id, "n1")
+        s.record_result(job.job_id, "n1", result(), T0, T0, {"sig": "x"})
+        s.upsert_node(run.run_id, make_node("n1", "US", extra={"glm_spent": 0.25}))
+        s.add_event(run.run_id, "node_added", node_id="n1")
+        s.finish_run(run.run_id, "done")
+    _as_schema_1(path)
+    before, digest_before = _dump(path), digest(path)
+    assert raw(path, "SELECT name FROM sqlite_master WHERE name = 'bench_results'") == []
+
+    # Read-only: everything reads, there are no bench results, and the file is not touched.
+    with Store(path, readonly=True) as ro:
+        assert ro.schema_version() == 1
+        assert ro.bench_results(run.run_id) == []
+        assert ro.results(run.run_id)[0].text == "I am a small model."
+    assert digest(path) == digest_before
+
+    # Opened for writing: migrated to schema 2, no old row changed, bench results work.
+    with Store(path) as s:
+        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.get_run(run.run_id).status == "done" and s.nodes(run.run_id)[0].extra == {"glm_spent": 0.25}
+        row = s.add_bench_result(run.run_id, "n1", "node", "n1 US node", {"kind": "sweep"}, BENCH)
+        assert s.bench_results(run.run_id) == [row]
+    assert _dump(path) == before
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+    with Store(path) as s:  # opening again migrates nothing more
+        assert s.schema_version() == 2 and len(s.bench_results(run.run_id)) == 1
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+
+
+def test_bench_results_round_trip_and_are_never_deleted(store: Store, suite) -> None:  # type: ignore[no-untyped-def]
+    from beacon_golem.benchmarks.profiles import SweepProfile
+
+    run = store.create_run(suite, None, expand_jobs(suite), None)
+    profile = SweepProfile(concurrencies=[1, 2], num_prompts=4)
+    first = store.add_bench_result(run.run_id, "n1", "node", "n1 US node", profile, BENCH)
+    second = store.add_bench_result(run.run_id, "n2", "requestor", None, profile.model_dump(mode="json"), BENCH)
+    again = store.add_bench_result(run.run_id, "n1", "node", "n1 US node, again", profile, BENCH)  # each call adds a row
+    assert first.bench_id < second.bench_id < again.bench_id
+    assert (first.run_id, first.node_id, first.where, first.label) == (run.run_id, "n1", "node", "n1 US node")
+    assert first.profile == profile.model_dump(mode="json") and first.profile["kind"] == "sweep"
+    assert first.result == BENCH and [s["max_concurrency"] for s in first.steps] == [1, 2]
+    assert first.steps[0]["p99.9_ttft_ms"] == 9.5  # vLLM's keys, as given
+    assert store.bench_results(run.run_id) == [first, second, again]
+    assert store.bench_results(run.run_id, where="requestor") == [second]
+    assert store.bench_results("another-run") == []
+    with pytest.raises(BeaconError, match="not readable"):
+        first.bench_result()  # not a whole BenchResult: says so in one line
+    with pytest.raises(UsageError, match="no run"):
+        store.add_bench_result("no-such-run", "n1", "node", None, {}, BENCH)
+    with pytest.raises(ValueError, match="where"):
+        store.add_bench_result(run.run_id, "n1", "gpu", None, {}, BENCH)  # type: ignore[arg-type]
+    conn = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+        conn.execute("DELETE FROM bench_results")
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("""INSERT INTO bench_results (run_id, node_id, "where", profile_json, result_json, created_at)
+                        VALUES (?, 'n1', 'moon', '{}', '{}', 'x')""", (run.run_id,))  # fmt: skip
+    conn.rollback()
+    conn.close()
+    assert raw(store.path, "SELECT COUNT(*) FROM bench_results") == [(3,)]
+
+
+def test_a_perf_only_suite_records_a_run_without_jobs(store: Store) -> None:
+    perf_only = parse_suite("name: p\nregions: [US]\nperf: {profile: {kind: synchronous, num_prompts: 2}}\n")
+    run = store.create_run(perf_only, None, [], {"kind": "local"})
+    assert run.total_jobs == 0 and run.suite.perf is not None and run.suite.perf.profile.kind == "synchronous"
+    assert store.get_run(run.run_id).suite == perf_only

@@ -23,6 +23,7 @@ from beacon_golem.runs.runner import (
     fleet_for_suite,
     load_run_input,
     plan_run,
+    read_region_map,
 )
 from beacon_golem.runs.store import open_store
 
@@ -65,6 +66,8 @@ def run(
     subnet: str = typer.Option(None, help="golem: subnet tag [default: public]"),
     payment_network: str = typer.Option(None, help="golem: holesky (testnet) or polygon"),
     min_vram_gib: float = typer.Option(None, help="golem: least GPU memory a provider must offer"),
+    region_map: Path = typer.Option(None, help="golem: YAML/JSON file mapping provider id -> region"),
+    label_regions: bool = typer.Option(False, "--label-regions", help="golem: deal the suite's regions to nodes as labels"),
 ) -> None:
     """Dispatch a suite over a fleet; every answer is stored with its provenance and a signed receipt."""
     settings = load_settings()
@@ -80,6 +83,8 @@ def run(
         "subnet": subnet,
         "payment_network": payment_network,
         "min_vram_gib": min_vram_gib,
+        "regions": read_region_map(region_map) if region_map else None,
+        "label_regions": label_regions or None,
     }
     given["golem"] = {k: v for k, v in golem.items() if v is not None} or None
     given = {k: v for k, v in given.items() if v is not None}
@@ -116,6 +121,8 @@ def run(
                     dispatch_config(suite, choice),
                     receipts,
                     on_progress=lambda p: live.update(progress_view(p)),
+                    on_perf=lambda kind, d: console.print(f"{d.get('node_id')}: {kind.replace('_', ' ')} ({d.get('where')})"
+                                                          + (f": {d['reason']}" if d.get("reason") else "")),
                 )
             )
     except KeyboardInterrupt:
@@ -129,5 +136,7 @@ def run(
     md, js = write_difference_report(store, final.run_id, settings.data_dir / "reports" / final.run_id)
     out.print(f"store:       {store.path}")
     out.print(f"differences: {md}  ({js})")
+    if suite.perf is not None:
+        out.print(f"benchmarks:  {len(store.bench_results(final.run_id))} stored; beacon report {final.run_id} --html report.html")
     if final.status != "done":
         raise SystemExit(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Literal
 
@@ -57,6 +57,8 @@ class Fleet(ABC):
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
         self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
+        #: Where the fleet's progress lines go (the run stores them as events); None: logs only.
+        self.progress: Callable[[str], None] | None = None
 
     async def __aenter__(self) -> Fleet:
         try:

@@ -156,19 +156,30 @@ class Dispatcher:
         self.wakeup.set()
 
     async def _lose_node(self, node_id: str, reason: str) -> None:
+        """We found the node broken: stop using it, then tell the fleet (which may replace it)."""
+        if not self._mark_lost(node_id, reason):
+            return
+        with contextlib.suppress(Exception):
+            await self.fleet.report_lost(node_id, reason)
+        self.wakeup.set()
+
+    def _mark_lost(self, node_id: str, reason: str) -> bool:
+        """Stop using a node now (no job is sent to it after this); its in-flight jobs go back to pending.
+        False when the node is unknown or already lost."""
         state = self.nodes.get(node_id)
         if state is None or not state.alive:
-            return
+            return False
         state.alive = False
         self.progress.nodes[node_id].alive = False
         self.store.mark_node_lost(self.run_id, node_id, reason)
         self.store.add_event(self.run_id, "node_lost", node_id=node_id, reason=reason)
         log.warning("node_lost", node=node_id, reason=reason)
+        current = asyncio.current_task()
         for task in list(state.tasks):
-            task.cancel()  # each cancelled job goes back to pending in _run_job
-        with contextlib.suppress(Exception):
-            await self.fleet.report_lost(node_id, reason)
+            if task is not current:  # the job task that found the node broken has handled its job
+                task.cancel()  # each cancelled job goes back to pending in _job_task_done
         self.wakeup.set()
+        return True
 
     def _drain_fleet_events(self) -> None:
         while (event := self.fleet.next_event_nowait()) is not None:
@@ -177,8 +188,10 @@ class Dispatcher:
     def _on_fleet_event(self, event: FleetEvent) -> None:
         if event.kind == "added":
             self._add_node(event.node)
-        elif event.node.node_id in self.nodes:
-            asyncio.ensure_future(self._lose_node(event.node.node_id, event.reason or "removed by the fleet"))
+        else:
+            # Synchronously, before the scheduler runs again: a node the fleet has already lost
+            # must not be handed jobs. The fleet knows, so it is not told back.
+            self._mark_lost(event.node.node_id, event.reason or "removed by the fleet")
 
     async def _health_loop(self) -> None:
         while True:
@@ -251,7 +264,16 @@ class Dispatcher:
         self.progress.nodes[state.node.node_id].in_flight += 1
         task = asyncio.create_task(self._run_job(state, job), name=f"job-{job.job_id}")
         state.tasks.add(task)
-        task.add_done_callback(state.tasks.discard)
+        task.add_done_callback(lambda t: self._job_task_done(state, job, t))
+
+    def _job_task_done(self, state: _NodeState, job: JobRow, task: asyncio.Task[None]) -> None:
+        """Every job task ends here, also one cancelled before its first step (its body never
+        sees that cancellation): a cancelled job goes back to pending for another node."""
+        state.tasks.discard(task)
+        self.progress.nodes[state.node.node_id].in_flight -= 1
+        if task.cancelled():
+            self._requeue(job, state.node.node_id, f"node {state.node.node_id} lost mid-job")
+        self.wakeup.set()
 
     async def _run_job(self, state: _NodeState, job: JobRow) -> None:
         node = state.node
@@ -259,9 +281,6 @@ class Dispatcher:
         started = datetime.now(UTC)
         try:
             result = await state.client.infer(job.request)
-        except asyncio.CancelledError:
-            self._requeue(job, node.node_id, f"node {node.node_id} lost mid-job")
-            raise
         except ShimError as exc:
             if exc.status in (400, 404, 413, 422):  # the request itself is wrong: retrying won't help
                 self._fail(job, str(exc), node.node_id)
@@ -273,9 +292,10 @@ class Dispatcher:
             self._retry_or_fail(job, node.node_id, str(exc))
             await self._node_failed(state, str(exc))
             return
-        finally:
-            progress.in_flight -= 1
-            self.wakeup.set()
+        except Exception as exc:  # a bug of ours must not leave the job running forever
+            log.exception("job_error", job=job.job_id, node=node.node_id)
+            self._retry_or_fail(job, node.node_id, f"internal error: {exc!r}")
+            return
         ended = datetime.now(UTC)
         state.failures = 0
         receipt = self.receipts(job, node, result, started, ended) if self.receipts else None
@@ -287,7 +307,8 @@ class Dispatcher:
             progress.last_at = time.monotonic()
 
     def _requeue(self, job: JobRow, node_id: str, reason: str, delay_s: float = 0.0) -> None:
-        self.store.release_job(job.job_id, reason)
+        if not self.store.release_job(job.job_id, reason):
+            return  # not running any more (answered, failed or already released): nothing to retry
         self.store.add_event(self.run_id, "job_requeued", node_id=node_id, job_id=job.job_id, reason=reason)
         if delay_s:
             self.not_before[job.job_id] = time.monotonic() + delay_s

@@ -105,6 +105,16 @@ def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
     return golem_fleet(choice, data_dir, token, store)
 
 
+def read_region_map(path: Path) -> dict[str, str]:
+    """A YAML or JSON mapping of provider id (or name) -> region label."""
+    from beacon_golem.runs.suite import parse_yaml, read_text_file
+
+    data = parse_yaml(read_text_file(path), str(path))
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UsageError(f"{path}: expected a mapping of provider id -> region label")
+    return data
+
+
 GOLEM_REQUIRED = {"budget": "--budget", "max_price_glm_per_hour": "--max-price-glm-per-hour"}
 
 
@@ -128,6 +138,15 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
                 f"(beacon image build {choice.runtime} && beacon image push {choice.runtime})"
             )
         settings["image"] = entry.hash
+    if choice.regions and not settings.get("regions") and not settings.get("label_regions"):
+        raise UsageError(
+            f"--fleet golem: the suite asks for regions {', '.join(choice.regions)}; give --region-map FILE "
+            "(provider id: region) or --label-regions to deal them to nodes as labels"
+        )
+    if settings.pop("label_regions", False):
+        settings["label_regions"] = choice.regions
+    elif settings.get("regions") and choice.regions:
+        settings.setdefault("allowed_regions", choice.regions)  # rent only providers in the suite's regions
     try:
         config = GolemFleetConfig(
             nodes=choice.nodes,
@@ -156,9 +175,10 @@ def save_accounting(store: Store, run_id: str, fleet: Fleet) -> None:
     for row in fleet.accounting():
         data = row.model_dump(mode="json")
         kind = str(data.pop("kind", type(row).__name__))
-        store.add_event(run_id, f"cost_{kind}", node_id=data.get("node_id"), **data)
-        if kind == "node_cost" and data.get("node_id"):
-            spent[data["node_id"]] = spent.get(data["node_id"], 0.0) + float(data["amount_glm"])
+        node_id = data.pop("node_id", None)  # add_event's own argument: passing it twice is a TypeError
+        store.add_event(run_id, f"cost_{kind}", node_id=node_id, **data)
+        if kind == "node_cost" and node_id:
+            spent[node_id] = spent.get(node_id, 0.0) + float(data["amount_glm"])
     for node in store.nodes(run_id):
         if node.node_id in spent:
             store.set_node_extra(run_id, node.node_id, glm_spent=round(spent[node.node_id], 8))
@@ -181,18 +201,26 @@ async def execute_run(
     receipts: Receipts | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
     on_fleet_ready: Callable[[Fleet], None] | None = None,
+    on_perf: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> RunRow:
-    """Bring the fleet up, dispatch every unfinished job, and close the run."""
+    """Bring the fleet up, dispatch every unfinished job, benchmark the nodes (suite `perf`), close the run."""
     reset = store.reset_running(run.run_id)
     if reset:
         store.add_event(run.run_id, "resumed", reset=reset)
-    async with fleet:
-        if on_fleet_ready:
-            on_fleet_ready(fleet)
-        dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
-        try:
+    perf_ok = True
+    try:
+        async with fleet:
+            if on_fleet_ready:
+                on_fleet_ready(fleet)
+            dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
             progress = await dispatcher.run()
-        finally:
-            save_accounting(store, run.run_id, fleet)
-    status = "done" if progress.failed == 0 else "failed"
+            if run.suite.perf is not None:
+                from beacon_golem.runs.perf import run_suite_perf
+
+                perf_ok = all(o.ok for o in await run_suite_perf(store, run, fleet, on_perf))
+    finally:
+        # Once the fleet has stopped: its agreements are closed, and the last invoices (yapapi's
+        # engine waits for them while it shuts down) are in.
+        save_accounting(store, run.run_id, fleet)
+    status = "done" if progress.failed == 0 and perf_ok else "failed"
     return store.finish_run(run.run_id, status)

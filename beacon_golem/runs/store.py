@@ -8,6 +8,10 @@ returns False for a second one and changes nothing).
 
 Job states: pending -> running (claim_job) -> done (record_result) | failed (fail_job);
 running -> pending (release_job, reset_running after a crash).
+
+Schema 2 adds `bench_results`: one performance benchmark (a `BenchResult`, vLLM-keyed) per
+node and place it ran from. Opening a schema-1 file for writing migrates it in one
+transaction (a new table, nothing else touched); a read-only open of one reads no bench results.
 """
 
 from __future__ import annotations
@@ -32,13 +36,35 @@ from beacon_golem.inference import GenerationRequest, GenerationResult
 from beacon_golem.runs.suite import PlannedJob, Suite, canonical_json
 from beacon_golem.shim.api import NodeInfo
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILENAME = "beacon.db"
 
 JobState = Literal["pending", "running", "done", "failed"]
 JOB_STATES: tuple[JobState, ...] = ("pending", "running", "done", "failed")
 RunStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
 NodeStatus = Literal["alive", "lost"]
+BenchWhere = Literal["node", "requestor"]
+
+#: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
+_BENCH_SCHEMA = """
+CREATE TABLE bench_results (
+    bench_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    node_id      TEXT NOT NULL,
+    "where"      TEXT NOT NULL CHECK ("where" IN ('node','requestor')),
+    label        TEXT,
+    profile_json TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX bench_results_run ON bench_results(run_id, bench_id);
+CREATE TRIGGER bench_results_never_deleted BEFORE DELETE ON bench_results
+BEGIN
+    SELECT RAISE(ABORT, 'stored bench results are never deleted');
+END;
+"""
+#: version -> the script that brings the version before it up to it.
+_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA}
 
 _SCHEMA = f"""
 CREATE TABLE schema_version (
@@ -128,6 +154,7 @@ CREATE TABLE events (
     detail_json TEXT NOT NULL
 );
 CREATE INDEX events_run ON events(run_id, event_id);
+{_BENCH_SCHEMA}
 INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
 """
 
@@ -255,6 +282,36 @@ class NodeRow(BaseModel):
     last_seen: datetime
 
 
+class BenchResultRow(BaseModel):
+    """One stored benchmark: which node, run from where, with what profile, and its result."""
+
+    bench_id: int
+    run_id: str
+    node_id: str
+    where: BenchWhere
+    label: str | None = None
+    #: The load profile as given (`beacon_golem.benchmarks.profiles`), plain JSON.
+    profile: dict[str, Any]
+    #: The `BenchResult` as `to_json_dict()` writes it: vLLM's keys per step.
+    result: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        steps = self.result.get("steps")
+        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+
+    def bench_result(self) -> Any:
+        """The result as a `BenchResult` model (raises BeaconError when its schema no longer reads)."""
+        from beacon_golem.benchmarks.results import BenchResult
+
+        try:
+            return BenchResult.model_validate(self.result)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BeaconError(f"stored bench result {self.bench_id} is not readable: {first}") from None
+
+
 class EventRow(BaseModel):
     event_id: int
     run_id: str
@@ -335,6 +392,8 @@ class Store:
                     raise self._fail(
                         f"written by a newer beacon-golem (schema {version}; this one reads {SCHEMA_VERSION})"
                     )
+                if version < SCHEMA_VERSION and not self.readonly:
+                    self._migrate(conn, version)
             if not self.readonly:
                 conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
@@ -359,6 +418,25 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a file of an older schema up to this one, one transaction per step; no data is touched."""
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            script = _MIGRATIONS[target]
+            try:
+                conn.executescript(
+                    "BEGIN IMMEDIATE;\n" + script
+                    + f"\nINSERT INTO schema_version (version, created_at) VALUES ({target}, '{to_ts(utcnow())}');"
+                    + "\nCOMMIT;"
+                )  # fmt: skip
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        row = self._query("SELECT MAX(version) FROM schema_version")
+        return int(row[0][0])
 
     def close(self) -> None:
         with self._lock:
@@ -422,7 +500,7 @@ class Store:
         run_id: str | None = None,
     ) -> RunRow:
         """Record a run and all its jobs (pending) in one transaction."""
-        if not planned_jobs:
+        if not planned_jobs and suite.perf is None:
             raise UsageError("the suite plans no jobs")
         run_id = run_id or new_run_id()
         now = to_ts(utcnow())
@@ -744,6 +822,62 @@ class Store:
 
     def nodes(self, run_id: str) -> list[NodeRow]:
         return [self._node_row(r) for r in self._query("SELECT * FROM nodes WHERE run_id = ? ORDER BY first_seen, node_id", (run_id,))]
+
+    # -- bench results -------------------------------------------------------------------
+
+    def add_bench_result(
+        self,
+        run_id: str,
+        node_id: str,
+        where: BenchWhere,
+        label: str | None,
+        profile: dict[str, Any] | BaseModel,
+        result: dict[str, Any] | BaseModel,
+    ) -> BenchResultRow:
+        """Store one benchmark of a node. Every call adds a row; none is ever replaced or deleted.
+
+        `result` is a `BenchResult` (stored as its `to_json_dict()`: vLLM keys per step) or that dict.
+        """
+        if where not in ("node", "requestor"):
+            raise ValueError(f"where must be 'node' or 'requestor', not {where!r}")
+        if isinstance(profile, BaseModel):
+            profile = profile.model_dump(mode="json")
+        if isinstance(result, BaseModel):
+            to_json = getattr(result, "to_json_dict", None)
+            result = to_json() if callable(to_json) else result.model_dump(mode="json", by_alias=True)
+        now = to_ts(utcnow())
+        with self._tx() as conn:
+            try:
+                cur = conn.execute(
+                    'INSERT INTO bench_results (run_id, node_id, "where", label, profile_json, result_json, created_at)'
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, node_id, where, label, _json(profile), _json(result), now),
+                )
+            except sqlite3.IntegrityError:
+                raise UsageError(f"no run '{run_id}' in {self.path}") from None
+            bench_id = cur.lastrowid
+        rows = self._query("SELECT * FROM bench_results WHERE bench_id = ?", (bench_id,))
+        return self._bench_row(rows[0])
+
+    def _bench_row(self, row: sqlite3.Row) -> BenchResultRow:
+        try:
+            profile = json.loads(row["profile_json"])
+            result = json.loads(row["result_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored bench result {row['bench_id']} is not readable: {exc}") from None
+        data = {k: row[k] for k in row.keys() if k not in ("profile_json", "result_json")}
+        return self._parse(BenchResultRow, data | {"profile": profile, "result": result}, f"bench result {row['bench_id']}")
+
+    def bench_results(self, run_id: str, where: BenchWhere | None = None) -> list[BenchResultRow]:
+        """The run's benchmarks in the order they were stored (none in a schema-1 file opened read-only)."""
+        exists = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bench_results'")
+        if not exists:
+            return []
+        sql, params = "SELECT * FROM bench_results WHERE run_id = ?", [run_id]
+        if where is not None:
+            sql += ' AND "where" = ?'
+            params.append(where)
+        return [self._bench_row(r) for r in self._query(sql + " ORDER BY bench_id", params)]
 
     # -- events --------------------------------------------------------------------------
 

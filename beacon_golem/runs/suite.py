@@ -6,6 +6,10 @@ path and what is wrong (`examples/x.yaml: questions.2.text: Field required`).
 
 `expand_jobs` plans the run: one job per question x model x region x repetition, each with
 a deterministic key and the exact `GenerationRequest` that will be sent.
+
+A suite may also (or only) hold a `perf` section: a load profile and prompt spec that the run
+benchmarks every node of its fleet with, after the questions (docs/benchmarks.md, "Perf in
+suites and fleets").
 """
 
 from __future__ import annotations
@@ -17,10 +21,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from beacon_golem.errors import UsageError
 from beacon_golem.inference import ChatMessage, GenerationRequest
+from beacon_golem.shim.api import PerfPlan
 
 #: Runtimes a model can ask for; "any" lets the dispatcher use whatever a node serves.
 RuntimeName = Literal["llamacpp", "ollama", "dmr", "vllm", "any"]
@@ -148,6 +162,31 @@ class Limits(BaseModel):
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 2))
 
 
+class PerfSection(PerfPlan):
+    """`perf:` in a suite: benchmark every node of the fleet after the questions.
+
+    `profile` (synchronous, concurrency, sweep, rate, poisson), `prompts` (input_len,
+    output_len, ...), `slo` and `model` are the load generator's own models
+    (beacon_golem.benchmarks); `where` says where the load generator runs.
+    """
+
+    #: node: on each node next to its runtime (a perf job through the shim's /jobs API);
+    #: requestor: from this machine through each node's URL (what a client sees, network included).
+    where: Literal["node", "requestor"] = "node"
+    #: Benchmark the nodes at the same time. Default: only where=node on a static or Golem
+    #: fleet (separate machines, load generated on each); one node after another otherwise,
+    #: so nodes sharing a machine or one load generator do not skew each other's figures.
+    parallel: bool | None = None
+    #: Longest one node's benchmark may take before it is given up.
+    timeout_s: float = Field(default=3600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _files_stay_here(self) -> PerfSection:
+        if self.where == "node" and self.prompts.prompt_file is not None:
+            raise ValueError("prompts.prompt_file: a node cannot read this machine's files; use where: requestor")
+        return self
+
+
 class Suite(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -155,11 +194,22 @@ class Suite(BaseModel):
     description: str = ""
     #: Default system prompt for questions that set none: one string or region -> string.
     system_prompt: Any = None
-    questions: list[Question] = Field(min_length=1)
-    models: list[ModelSpec] = Field(min_length=1)
+    #: May be empty when the suite has a perf section (a suite needs at least one of the two).
+    questions: list[Question] = Field(default_factory=list)
+    #: Needed for questions; a perf-only suite may leave it out.
+    models: list[ModelSpec] = Field(default_factory=list)
     regions: list[str] = Field(min_length=1)
     generation: GenerationParams = Field(default_factory=GenerationParams)
     limits: Limits = Field(default_factory=Limits)
+    perf: PerfSection | None = None
+
+    @model_serializer(mode="wrap")
+    def _no_empty_perf(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave `perf` out when unset, so a suite without one hashes as it did before perf existed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("perf", 0) is None:
+            del data["perf"]
+        return data
 
     @field_validator("system_prompt")
     @classmethod
@@ -179,6 +229,10 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> Suite:
+        if not self.questions and self.perf is None:
+            raise ValueError("questions: a suite needs at least one question, a perf section, or both")
+        if self.questions and not self.models:
+            raise ValueError("models: List should have at least 1 item (the questions need a model)")
         seen: set[str] = set()
         for q in self.questions:
             if q.id in seen:

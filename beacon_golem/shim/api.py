@@ -5,8 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from beacon_golem.benchmarks.metrics import SLO
+from beacon_golem.benchmarks.profiles import Profile
+from beacon_golem.benchmarks.prompts import PromptSpec
 from beacon_golem.inference import GenerationRequest, GenerationResult
 from beacon_golem.probe.hardware import SystemInfo
 
@@ -46,16 +49,66 @@ class NodeInfo(BaseModel):
 
 
 JobState = Literal["queued", "running", "done", "cancelled"]
+JobKind = Literal["requests", "perf"]
 
 
-class JobSpec(BaseModel):
-    """POST /jobs: a batch of normalized requests run next to the runtime."""
+class PerfPlan(BaseModel):
+    """A performance benchmark: a load profile, the prompts, optional SLOs (beacon_golem.benchmarks)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    requests: list[GenerationRequest] = Field(min_length=1)
+    profile: Profile
+    prompts: PromptSpec = Field(default_factory=PromptSpec)
+    slo: SLO | None = None
+    #: The model to load; default: the first the node serves.
+    model: str | None = Field(default=None, min_length=1, max_length=300)
+    #: Keep the per-request lists in the result (vLLM's --save-detailed).
+    detailed: bool = False
+
+    @model_validator(mode="after")
+    def _finite_rate(self) -> PerfPlan:
+        rate = getattr(self.profile, "rate", None)
+        if rate is not None and rate == float("inf"):
+            raise ValueError("profile.rate: give a finite rate (an infinite one does not survive JSON)")
+        return self
+
+
+class PerfJob(PerfPlan):
+    """The `perf` of a POST /jobs: the load generator runs on the node, against its runtime."""
+
+    @model_validator(mode="after")
+    def _no_files(self) -> PerfJob:
+        if self.prompts.prompt_file is not None:
+            raise ValueError("prompts.prompt_file: a node job cannot read the sender's files; use random prompts")
+        return self
+
+
+class JobSpec(BaseModel):
+    """POST /jobs: a batch of normalized requests, or one performance benchmark, run next to the runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: list[GenerationRequest] | None = Field(default=None, min_length=1)
+    perf: PerfJob | None = None
     concurrency: int = Field(default=1, ge=1, le=1024)
     label: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> JobSpec:
+        if (self.requests is None) == (self.perf is None):
+            raise ValueError("give exactly one of 'requests' (a batch) or 'perf' (a benchmark)")
+        return self
+
+    @property
+    def kind(self) -> JobKind:
+        return "perf" if self.perf is not None else "requests"
+
+    @property
+    def total(self) -> int:
+        """Requests in a batch; steps of a benchmark."""
+        if self.perf is not None:
+            return len(self.perf.profile.steps())
+        return len(self.requests or [])
 
 
 class JobItem(BaseModel):
@@ -77,10 +130,16 @@ class JobAccepted(BaseModel):
 class JobView(BaseModel):
     id: str
     state: JobState
+    kind: JobKind = "requests"
     label: str | None = None
+    #: Requests in a batch; steps of a benchmark (completed: steps finished so far).
     total: int
     completed: int
     failed: int
     created_at: datetime
     finished_at: datetime | None = None
     results: list[JobItem] | None = None
+    #: A finished benchmark: the `BenchResult` as `to_json_dict()` writes it (vLLM keys per step).
+    bench_result: dict[str, Any] | None = None
+    #: Why a benchmark produced no result.
+    error: str | None = None

@@ -25,6 +25,7 @@ from beacon_golem.errors import BeaconError, RuntimeUnavailable
 from beacon_golem.inference import GenerationRequest, GenerationResult
 from beacon_golem.log import get_logger
 from beacon_golem.probe.hardware import SystemInfo, system_info
+from beacon_golem.probe.report import cached_probe
 from beacon_golem.runtimes import RuntimeAdapter, RuntimeStatus, Timeouts, adapter_class
 from beacon_golem.shim.api import ErrorBody, Health, JobAccepted, JobSpec, NodeInfo, RuntimeInfo
 from beacon_golem.shim.jobs import JobManager
@@ -67,7 +68,9 @@ class Shim:
         self.started_at = datetime.now(UTC)
         self.session: aiohttp.ClientSession | None = None
         self.adapter: RuntimeAdapter | None = None
-        self.jobs = JobManager(config.data_dir / "jobs", self.generate)
+        from beacon_golem.shim.perf import node_perf_runner
+
+        self.jobs = JobManager(config.data_dir / "jobs", self.generate, perf=node_perf_runner(self))
         self._system: asyncio.Task[SystemInfo] | None = None
         self._info: NodeInfo | None = None
         self._models: list[str] = []
@@ -279,6 +282,12 @@ async def info(request: web.Request) -> web.Response:
     return json_response(await request.app[SHIM].info(refresh))
 
 
+async def probe(request: web.Request) -> web.Response:
+    """The compatibility probe of the machine this node runs on (run once, then cached)."""
+    shim = request.app[SHIM]
+    return json_response(await cached_probe(shim, shim.config.data_dir))
+
+
 async def inference(request: web.Request) -> web.Response:
     generation = await parse_body(request, GenerationRequest)
     return json_response(await request.app[SHIM].generate(generation))
@@ -303,9 +312,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             status=upstream.status, headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        async for piece in upstream.content.iter_any():
-            await response.write(piece)
-        await response.write_eof()
+        try:
+            async for piece in upstream.content.iter_any():
+                await response.write(piece)
+            await response.write_eof()
+        except ConnectionResetError:
+            # The client left, typically right after the last event (before the chunked
+            # terminator): nothing is lost and there is no one left to tell.
+            log.debug("client_left_stream", path=request.path)
         return response
 
 
@@ -319,12 +333,12 @@ async def models(request: web.Request) -> web.Response:
 async def submit_job(request: web.Request) -> web.Response:
     shim = request.app[SHIM]
     spec = await parse_body(request, JobSpec)
-    if len(spec.requests) > shim.config.limits.max_job_requests:
+    if spec.requests is not None and len(spec.requests) > shim.config.limits.max_job_requests:
         raise web.HTTPUnprocessableEntity(
             reason=f"requests: {len(spec.requests)} is more than this node takes in one job ({shim.config.limits.max_job_requests})"
         )
     job = shim.jobs.submit(spec)
-    body = JobAccepted(id=job.id, state=job.state.state, total=len(spec.requests))
+    body = JobAccepted(id=job.id, state=job.state.state, total=spec.total)
     response = json_response(body, 202)
     response.headers["Location"] = f"/jobs/{job.id}"
     return response
@@ -365,6 +379,7 @@ def create_app(config: ShimConfig) -> web.Application:
     app.on_cleanup.append(shim.close)
     app.router.add_get("/health", health)
     app.router.add_get("/info", info)
+    app.router.add_get("/probe", probe)
     app.router.add_post("/inference", inference)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)

@@ -68,9 +68,15 @@ class ShimClient:
             self._session = None
 
     async def _call(
-        self, method: str, path: str, model: type[M], body: BaseModel | None = None, ok: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        body: BaseModel | None = None,
+        ok: tuple[int, ...] = (),
+        exclude_none: bool = True,
     ) -> M:
-        data = body.model_dump_json(exclude_none=True) if body is not None else None
+        data = body.model_dump_json(exclude_none=exclude_none) if body is not None else None
         headers = {**self._headers, **({"Content-Type": "application/json"} if data else {})}
         try:
             async with self.session.request(
@@ -100,7 +106,8 @@ class ShimClient:
         return await self._call("POST", "/inference", GenerationResult, request)
 
     async def submit_job(self, spec: JobSpec) -> JobAccepted:
-        return await self._call("POST", "/jobs", JobAccepted, spec)
+        # A benchmark's nulls mean something (num_prompts: null = stop on duration only): send them.
+        return await self._call("POST", "/jobs", JobAccepted, spec, exclude_none=spec.perf is None)
 
     async def job(self, job_id: str, partial: bool = False) -> JobView:
         return await self._call("GET", f"/jobs/{job_id}" + ("?partial=1" if partial else ""), JobView)

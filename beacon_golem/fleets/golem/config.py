@@ -57,6 +57,9 @@ class GolemFleetConfig(BaseModel):
     min_cpu_threads: int = Field(default=4, ge=1)
     regions: dict[str, str] = Field(default_factory=dict, description="provider id -> region")
     allowed_regions: list[str] = Field(default_factory=list, description="Only providers mapped to these")
+    label_regions: list[str] = Field(
+        default_factory=list, description="Deal these region labels to nodes `regions` does not map"
+    )
     blacklist: list[str] = Field(default_factory=list, description="Provider ids never rented")
     max_failure_rate: float = Field(default=0.5, ge=0, le=1)
 

@@ -130,7 +130,7 @@ class GolemFleet(Fleet):
         self._golem_factory = golem_factory
         self._resolver = resolver
         self._connector: Connector = connector or SocketTunnel.open
-        self._progress = progress
+        self.progress = progress
         self._poll_s = poll_interval_s
         self._now = now
         self._slots: dict[str, _Slot] = {}
@@ -216,6 +216,14 @@ class GolemFleet(Fleet):
         await self._drop(slot, f"reported broken: {reason}")
 
     # ---- what the run keeps ------------------------------------------------------------------------
+    def _label_region(self) -> str | None:
+        """With `label_regions`, an unmapped node gets the label fewest live nodes carry (a label, not a place)."""
+        labels = self.config.label_regions
+        if not labels:
+            return None
+        taken = [n.region for n in self.nodes()]
+        return min(labels, key=lambda label: (taken.count(label), labels.index(label)))
+
     def records(self) -> list[GolemRecord]:
         """Agreements, debit notes, invoices and cost per node: pydantic rows for the store."""
         return self.ledger.rows()
@@ -229,8 +237,8 @@ class GolemFleet(Fleet):
     def say(self, line: str) -> None:
         line = scrub(line, self._secrets())
         log.info("golem.progress", message=line)
-        if self._progress is not None:
-            self._progress(line)
+        if self.progress is not None:
+            self.progress(line)
 
     # ---- the watch loop ----------------------------------------------------------------------------
     async def _monitor(self) -> None:
@@ -316,7 +324,7 @@ class GolemFleet(Fleet):
         node = Node(
             node_id=node_id,
             url=slot.tunnel.url,
-            region=cfg.regions.get(pid),
+            region=cfg.regions.get(pid) or self._label_region(),
             token=cfg.shim_token,
             info=info,
             concurrency=cfg.node_concurrency,
@@ -549,8 +557,8 @@ class GolemFleet(Fleet):
                 level, message = described
                 message = scrub(message, self._secrets())
                 getattr(log, level)("golem.event", message=message, **fields(event))
-                if level != "debug" and self._progress is not None:
-                    self._progress(message)
+                if level != "debug" and self.progress is not None:
+                    self.progress(message)
             self._account(event)
         except Exception as exc:
             log.warning("golem.event_failed", golem_event=type(event).__name__, error=scrub(repr(exc), self._secrets()))

@@ -1,0 +1,121 @@
+"""`beacon bench --fleet local|static|golem`: benchmark every node of a fleet as a stored run.
+
+Called by `beacon bench` (cli/bench.py) with the profile, prompts and SLOs it parsed; the
+work is `beacon_golem.runs.perf.bench_fleet`. Prints the run id at once, a line per node as
+its benchmark starts and ends, then one table row per node and step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from beacon_golem.benchmarks.metrics import SLO
+from beacon_golem.benchmarks.profiles import Profile
+from beacon_golem.benchmarks.prompts import PromptSpec
+from beacon_golem.config import load_settings
+from beacon_golem.errors import UsageError
+from beacon_golem.fleets.static import StaticNodeSpec
+from beacon_golem.runs.store import BenchResultRow, RunRow, open_store
+from beacon_golem.runs.suite import one_line
+
+#: Piped output gets a table wide enough to read rather than rich's 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)
+err = Console(stderr=True)
+
+
+def _step(step: dict[str, Any]) -> str:
+    if step.get("mode") == "rate":
+        return f"{step.get('request_rate')}/s"
+    return f"c={step.get('max_concurrency')}" if step.get("max_concurrency") is not None else str(step.get("step_label"))
+
+
+def fleet_table(rows: list[BenchResultRow], regions: dict[str, str | None]) -> Table:
+    """One row per node and step (latencies in ms)."""
+    table = Table(title="per node (latencies in ms)", title_justify="left")
+    columns = ("node", "region", "where", "runtime", "step", "ok/fail", "req/s", "tok/s", "TTFT p50", "TTFT p99",
+               "TPOT p50", "E2EL p99")  # fmt: skip
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("node", "region", "where", "runtime", "step") else "right")
+    for row in rows:
+        runtime = str((row.result.get("target") or {}).get("runtime") or "?")
+        for i, s in enumerate(row.steps):
+            first = i == 0
+            table.add_row(
+                row.node_id if first else "", (regions.get(row.node_id) or "-") if first else "", row.where if first else "",
+                runtime if first else "", _step(s) + (" !" if s.get("overloaded") else ""),
+                f"{s.get('completed', 0)}/{s.get('failed', 0)}", f"{s.get('request_throughput', 0):.2f}",
+                f"{s.get('output_throughput', 0):,.0f}", f"{s.get('median_ttft_ms', 0):.1f}", f"{s.get('p99_ttft_ms', 0):.1f}",
+                f"{s.get('median_tpot_ms', 0):.2f}", f"{s.get('p99_e2el_ms', 0):.1f}",
+            )  # fmt: skip
+    return table
+
+
+def run_bench_fleet(
+    *,
+    fleet: str,
+    nodes: int | None,
+    node_urls: list[str],
+    where: str,
+    db: Path | None,
+    profile: Profile,
+    prompts: PromptSpec,
+    slo: SLO | None,
+    model: str | None,
+    detailed: bool,
+    runtime: str | None,
+    local_model: str | None,
+    parallel: int | None,
+    golem: dict[str, Any],
+) -> RunRow:
+    from beacon_golem.runs.perf import bench_fleet, perf_suite
+    from beacon_golem.runs.runner import FleetChoice, check_fleet, fleet_for_suite
+    from beacon_golem.runs.suite import PerfSection
+
+    if fleet not in ("local", "static", "golem"):
+        raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
+    if where not in ("node", "requestor"):
+        raise UsageError(f"--where {where!r}: choose node or requestor")
+    if node_urls and fleet != "static":
+        raise UsageError("--node URL is for --fleet static")
+    settings = load_settings()
+    try:
+        section = PerfSection(profile=profile, prompts=prompts, slo=slo if slo and slo.given() else None, model=model,
+                              detailed=detailed, where=where)  # fmt: skip
+    except ValidationError as exc:
+        raise UsageError(one_line(exc)) from None
+    regions = [r for r in dict.fromkeys(StaticNodeSpec.parse(u).region for u in node_urls) if r] if fleet == "static" else []
+    choice_args: dict[str, Any] = {"kind": fleet, "node_urls": node_urls, "runtime": runtime or "llamacpp",
+                                   "model": local_model, "parallel": parallel, "golem": golem}  # fmt: skip
+    if nodes is not None:
+        choice_args["nodes"] = nodes
+    choice = FleetChoice(**choice_args)
+    suite = perf_suite(section, regions or ["local"])
+    check_fleet(suite, fleet_for_suite(choice, suite))  # before the store is touched
+    store = open_store(db or settings.data_dir / "beacon.db")
+
+    def planned(run: RunRow) -> None:
+        out.print(f"run {run.run_id}  (benchmark on every node, where={where}; store {store.path})")
+
+    def listener(kind: str, detail: dict[str, Any]) -> None:
+        who = f"{detail.get('node_id')} ({detail.get('region') or '-'})"
+        if kind == "perf_started":
+            err.print(f"{who}: benchmark started ({detail.get('where')})")
+        elif kind == "perf_done":
+            err.print(f"{who}: done, {detail.get('steps')} steps, best {detail.get('best_output_throughput', 0):,.1f} output tok/s")
+        elif kind == "perf_failed":
+            err.print(f"[red]{who}: failed:[/] {detail.get('reason')}")
+
+    final, rows = asyncio.run(bench_fleet(store, suite, choice, settings.data_dir, settings.shim_token,
+                                          on_planned=planned, listener=listener))  # fmt: skip
+    if rows:
+        out.print(fleet_table(rows, {n.node_id: n.region for n in store.nodes(final.run_id)}))
+    out.print(f"run {final.run_id} {final.status}: {len(rows)} node benchmark(s) stored in {store.path}")
+    out.print(f"report: beacon report {final.run_id} --html report.html")
+    return final
