@@ -197,6 +197,8 @@ async def test_a_lost_instance_mid_run_finishes_its_jobs_elsewhere_and_blacklist
     assert replacement._admit is not None and not replacement._admit(VICTIM)
     assert any("blacklisted" in line for line in lines)
     assert any("renting a replacement" in line for line in lines)
+    stored = [e.detail["message"] for e in store.events(run.run_id, ["fleet_progress"])]
+    assert any("blacklisted" in m for m in stored) and any("renting a replacement" in m for m in stored)
 
     # the store remembers the loss, and a later run's strategy sees it
     assert store.provider_history(VICTIM) == (1, 1)

@@ -123,6 +123,7 @@ def run(
                     on_progress=lambda p: live.update(progress_view(p)),
                     on_perf=lambda kind, d: console.print(f"{d.get('node_id')}: {kind.replace('_', ' ')} ({d.get('where')})"
                                                           + (f": {d['reason']}" if d.get("reason") else "")),
+                    on_fleet_note=console.print,
                 )
             )
     except KeyboardInterrupt:

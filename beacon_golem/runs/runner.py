@@ -202,11 +202,20 @@ async def execute_run(
     on_progress: Callable[[RunProgress], None] | None = None,
     on_fleet_ready: Callable[[Fleet], None] | None = None,
     on_perf: Callable[[str, dict[str, Any]], None] | None = None,
+    on_fleet_note: Callable[[str], None] | None = None,
 ) -> RunRow:
     """Bring the fleet up, dispatch every unfinished job, benchmark the nodes (suite `perf`), close the run."""
     reset = store.reset_running(run.run_id)
     if reset:
         store.add_event(run.run_id, "resumed", reset=reset)
+    listeners = [f for f in (fleet.progress, on_fleet_note) if f is not None]
+
+    def note(line: str) -> None:
+        store.add_event(run.run_id, "fleet_progress", message=line)
+        for listener in listeners:
+            listener(line)
+
+    fleet.progress = note
     perf_ok = True
     try:
         async with fleet:
