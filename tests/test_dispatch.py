@@ -14,7 +14,7 @@ from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher, RunProgress
 from beacon_golem.runs.runner import FleetChoice, plan_run
 from beacon_golem.runs.store import open_store
 from beacon_golem.runs.suite import Limits, parse_suite
-from tests.conftest import llama_server_binary
+from tests.support import llama_server_binary
 
 SUITE = """
 name: dispatch-test
@@ -122,7 +122,7 @@ async def test_a_job_that_keeps_failing_ends_failed_after_its_retries(tmp_path: 
     # A static node whose URL answers health but nothing else is a node that keeps failing.
     from aiohttp import web
 
-    from tests.conftest import serve_app
+    from tests.support import serve_app
 
     async with local_fleet(tmp_path, tiny_model, 1, ["US"]) as real:
         info = real.nodes()[0].info

@@ -22,7 +22,8 @@ from beacon_golem.images.build import stage_model
 from beacon_golem.images.commands import PLATFORM, docker_build_argv, gvmkit_build_argv, gvmkit_push_argv
 from beacon_golem.images.gvmi import GvmiFile, sha3_224_file
 from beacon_golem.images.lock import ImageLock, ImageLockEntry, load_lock, new_entry, record_image, save_lock
-from beacon_golem.images.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, dockerfile as dockerfile_path, slug
+from beacon_golem.images.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, slug
+from beacon_golem.images.spec import dockerfile as dockerfile_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HASH_A = hashlib.sha3_224(b"a").hexdigest()

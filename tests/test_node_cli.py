@@ -17,7 +17,7 @@ import pytest
 
 from beacon_golem.node.launcher import free_port
 from beacon_golem.node.tiny_model import file_sha256
-from tests.conftest import llama_server_binary, wait_http_ok
+from tests.support import llama_server_binary, wait_http_ok
 
 BEACON = [sys.executable, "-m", "beacon_golem.cli"]
 

@@ -28,8 +28,8 @@ from beacon_golem.runs.suite import dump_suite_yaml, parse_suite
 from beacon_golem.shim.api import JobSpec, PerfJob
 from beacon_golem.shim.app import ShimConfig, create_app
 from beacon_golem.shim.client import ShimClient
-from tests.conftest import llama_server_binary, serve_app
 from tests.perf_support import PerfRun
+from tests.support import llama_server_binary, serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 PERF_ONLY = """\

@@ -43,7 +43,7 @@ from beacon_golem.probe.system import (
     read_os_release,
 )
 from beacon_golem.shim.app import ShimConfig, create_app
-from tests.conftest import serve_app
+from tests.support import serve_app
 
 DATA = Path(__file__).parent / "data" / "nvidia_smi"
 ROOT = Path(__file__).resolve().parents[1]

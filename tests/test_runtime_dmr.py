@@ -21,11 +21,11 @@ import pytest
 
 from beacon_golem.errors import BadUpstream, RuntimeUnavailable, UpstreamError
 from beacon_golem.inference import GenerationRequest
+from beacon_golem.node.launcher import free_port
 from beacon_golem.runtimes import adapter_class, dmr
 from beacon_golem.runtimes.dmr import DockerModelRunnerAdapter, model_names
-from fakes.base import free_port
-from fakes.dmr import RUNNING, FakeDMR
-from fakes.shim import read_sse, running_shim
+from tests.fakes.dmr import RUNNING, FakeDMR
+from tests.fakes.shim import read_sse, running_shim
 
 MODEL = "ai/smollm2:latest"
 MESSAGES = [

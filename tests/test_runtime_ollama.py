@@ -19,11 +19,11 @@ import pytest
 
 from beacon_golem.errors import BadUpstream, RuntimeUnavailable, UpstreamError
 from beacon_golem.inference import GenerationRequest
+from beacon_golem.node.launcher import free_port
 from beacon_golem.runtimes import adapter_class
 from beacon_golem.runtimes.ollama import OllamaAdapter, ns_to_ms
-from fakes.base import free_port
-from fakes.ollama import DOC_DURATIONS_NS, DOC_PROMPT_EVAL_COUNT, FakeOllama
-from fakes.shim import read_sse, running_shim
+from tests.fakes.ollama import DOC_DURATIONS_NS, DOC_PROMPT_EVAL_COUNT, FakeOllama
+from tests.fakes.shim import read_sse, running_shim
 
 MODEL = "llama3.2:latest"
 MESSAGES = [{"role": "user", "content": "why is the sky blue?"}]

@@ -19,11 +19,11 @@ import pytest
 
 from beacon_golem.errors import BadUpstream, RuntimeUnavailable, UpstreamError
 from beacon_golem.inference import GenerationRequest
+from beacon_golem.node.launcher import free_port
 from beacon_golem.runtimes import adapter_class
 from beacon_golem.runtimes.vllm import VLLMAdapter
-from fakes.base import free_port
-from fakes.shim import read_sse, running_shim
-from fakes.vllm import VERSION, FakeVLLM
+from tests.fakes.shim import read_sse, running_shim
+from tests.fakes.vllm import VERSION, FakeVLLM
 
 MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 MESSAGES = [{"role": "user", "content": "Hello!"}]

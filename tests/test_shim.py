@@ -19,7 +19,7 @@ from beacon_golem.runtimes.llamacpp import LlamaCppAdapter
 from beacon_golem.shim.api import JobSpec
 from beacon_golem.shim.app import ShimConfig, ShimLimits, create_app
 from beacon_golem.shim.client import ShimClient, ShimError
-from tests.conftest import llama_server_binary, serve_app
+from tests.support import llama_server_binary, serve_app
 
 PROMPT = {"prompt": "Who governs Taiwan?", "max_tokens": 24, "ignore_eos": True, "temperature": 0}
 
@@ -208,8 +208,13 @@ async def test_bearer_token_guards_every_route_but_health(tmp_path: Path, llama_
                 assert "bearer token" in (await resp.json())["error"]
         async with http.get(url + "/info", headers={"Authorization": "Bearer s3cret"}) as resp:
             assert resp.status == 200
-    async with ShimClient(url.replace("http", "http"), token="s3cret") as client:
-        pass  # token accepted by the client type
+        async with ShimClient(url, token="s3cret") as client:
+            assert (await client.info()).runtime.name == "llamacpp"
+        async with ShimClient(url) as client:
+            assert (await client.health()).status == "ok"
+            with pytest.raises(ShimError) as err:
+                await client.info()
+            assert err.value.status == 401
 
 
 @pytest.mark.parametrize(

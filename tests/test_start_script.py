@@ -21,7 +21,7 @@ import pytest
 from beacon_golem.images.models import EXIT_MISSING, Layout, main, ollama_manifest, prepare
 from beacon_golem.node.launcher import free_port
 from beacon_golem.node.tiny_model import write_tiny_model
-from tests.conftest import llama_server_binary
+from tests.support import llama_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "vm_images" / "common" / "start-node.sh"

@@ -33,9 +33,9 @@ import pytest
 
 from beacon_golem.errors import UpstreamError
 from beacon_golem.inference import GenerationRequest
+from beacon_golem.node.launcher import free_port
 from beacon_golem.runtimes.vllm import VLLMAdapter
-from fakes.base import free_port
-from fakes.shim import read_sse, running_shim
+from tests.fakes.shim import read_sse, running_shim
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
 

@@ -28,13 +28,8 @@ def _root(
 
 
 def _register() -> None:
-    from beacon_golem.cli import node, router, run  # noqa: F401  (commands register themselves on import)
-    from beacon_golem.cli import images  # noqa: F401
-    from beacon_golem.cli import probe  # noqa: F401
-    from beacon_golem.cli import runs  # noqa: F401
-    from beacon_golem.cli import golem  # noqa: F401
-    from beacon_golem.cli import bench  # noqa: F401
-    from beacon_golem.cli import report  # noqa: F401
+    """Import every command module: each registers its commands on `app`."""
+    from beacon_golem.cli import bench, golem, images, node, probe, report, router, run, runs  # noqa: F401
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -104,7 +104,7 @@ def write_tiny_model(path: Path, seed: int = DEFAULT_SEED) -> Path:
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHATML_TEMPLATE)
 
-    def weight(*shape: int, scale: float = 0.02) -> "np.ndarray":
+    def weight(*shape: int, scale: float = 0.02) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)
 
     writer.add_tensor("token_embd.weight", weight(n_vocab, N_EMBD, scale=1.0))

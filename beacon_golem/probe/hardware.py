@@ -255,7 +255,7 @@ async def _run_full(*argv: str, timeout_s: float = 15.0) -> tuple[int, str] | No
         return None
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         return None

@@ -33,7 +33,7 @@ async def _try(host: str, port: int, timeout_s: float) -> str:
     started = time.perf_counter()
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return f"no answer in {timeout_s:g} s"
     except OSError as exc:
         return f"failed: {exc.strerror or exc.__class__.__name__}"

@@ -96,7 +96,6 @@ def _cpu(runtime: str, why: str, cautions: list[str]) -> RuntimeVerdict:
 def _verdict(runtime: str, f: MachineFacts, blockers: list[str], cautions: list[str]) -> RuntimeVerdict:
     if blockers:
         return RuntimeVerdict(runtime=runtime, status="fail", can_run=False, reasons=blockers)
-    driver = f.nvidia.driver_version
     if runtime == "vllm":
         state, why = _gpu_state(f)
         if state == "no":

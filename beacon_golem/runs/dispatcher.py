@@ -203,7 +203,7 @@ class Dispatcher:
         try:
             health = await asyncio.wait_for(state.client.health(), timeout=max(2.0, self.config.health_interval_s))
             ok, reason = health.status == "ok", health.reason or "unhealthy"
-        except (BeaconError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, BeaconError) as exc:
             ok, reason = False, str(exc) or "health check timed out"
         if ok:
             state.failures = 0

@@ -99,7 +99,7 @@ async def perf_on_node(node: Node, section: PerfSection, label: str | None = Non
             # Leave nothing running on a node we stopped waiting for (best effort).
             try:
                 await asyncio.wait_for(client.cancel_job(accepted.id), timeout=10)
-            except (BeaconError, asyncio.TimeoutError):
+            except (TimeoutError, BeaconError):
                 pass
             raise
 
@@ -138,7 +138,7 @@ async def _one(
             result = await perf_on_node(node, section, f"beacon perf {run_id} {node.node_id}", poll_s)
         else:
             result = await perf_from_requestor(node, section)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         reason = f"the benchmark took longer than {section.timeout_s:g} s"
         tell("perf_failed", reason=reason)
         return PerfOutcome(node_id=node.node_id, where=where, ok=False, error=reason)

@@ -92,7 +92,7 @@ class Router:
                         slot.node.url + "/health", timeout=aiohttp.ClientTimeout(total=5)
                     ) as resp:
                         slot.healthy = resp.status == 200
-                except (aiohttp.ClientError, asyncio.TimeoutError):
+                except (TimeoutError, aiohttp.ClientError):
                     slot.healthy = False
             await asyncio.sleep(self.health_interval_s)
 
@@ -127,7 +127,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 await response.write(piece)
             await response.write_eof()
             return response
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         slot.healthy = False
         return error_response(502, f"node {slot.node.node_id} failed: {exc}")
     finally:

@@ -7,7 +7,6 @@ runtime's own dialect and the answer back into a `GenerationResult`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from abc import ABC, abstractmethod
@@ -193,7 +192,7 @@ class _Upstream:
         name = self.adapter.name
         try:
             resp = await self._open()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout(f"{name} did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise RuntimeUnavailable(f"{name} at {self.adapter.base_url} is not reachable: {exc}") from exc
@@ -211,7 +210,7 @@ async def guarded(coro_name: str, adapter: RuntimeAdapter, coro: Any) -> Any:
     """Await `coro`, turning timeouts and transport errors mid-stream into our error types."""
     try:
         return await coro
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout(f"{adapter.name} timed out during {coro_name}") from exc
     except aiohttp.ClientError as exc:
         raise BadUpstream(f"{adapter.name} failed during {coro_name}: {exc}") from exc

@@ -84,7 +84,7 @@ class ShimClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise NodeUnreachable(f"node {self.base_url} timed out on {method} {path}") from exc
         except aiohttp.ClientError as exc:
             raise NodeUnreachable(f"node {self.base_url} unreachable: {exc}") from exc

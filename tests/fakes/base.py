@@ -95,12 +95,3 @@ async def sse(request: web.Request, events: list[Any], *, delay_s: float = 0.0) 
         await resp.write(f"data: {data}\n\n".encode())
     await resp.write_eof()
     return resp
-
-
-def free_port() -> int:
-    """A TCP port on loopback with nothing listening (for 'runtime down' tests)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
