@@ -57,7 +57,7 @@ def chromium_binary() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("chromium is not installed (Debian: apt-get install -y chromium chromium-driver)")
+    pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
 
 
 class Page:
