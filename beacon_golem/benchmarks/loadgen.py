@@ -230,7 +230,7 @@ class LoadGenerator:
                     if delay > 0:
                         try:
                             await asyncio.wait_for(stop.wait(), delay)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             pass
                     if stop.is_set() or time.perf_counter() >= deadline:
                         break
@@ -286,7 +286,7 @@ class LoadGenerator:
         self._emit(step, "draining", state=state)
         try:
             await asyncio.wait_for(asyncio.shield(everything), step.overload.drain_timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             # Each request cut off leaves a "cancelled" record (see `_one`).
             for task in tasks:
                 task.cancel()

@@ -14,11 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from beacon_golem.benchmarks.metrics import ServingMetrics
+from beacon_golem.benchmarks.metrics import SLO, ServingMetrics
 from beacon_golem.benchmarks.profiles import Profile
 from beacon_golem.benchmarks.prompts import PromptSpec
 from beacon_golem.benchmarks.servermetrics import ServerCrossCheck
-from beacon_golem.benchmarks.metrics import SLO
 
 DETAIL_KEYS = ("input_lens", "output_lens", "ttfts", "itls", "latencies", "start_times", "errors")
 SCHEMA_VERSION = 1

@@ -52,7 +52,7 @@ async def make_tokenizer(session: aiohttp.ClientSession, resolved: ResolvedTarge
         return None
     try:
         await tokenizer.tokenize("probe")
-    except (aiohttp.ClientError, asyncio.TimeoutError, KeyError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, KeyError, ValueError):
         return None
     return tokenizer
 

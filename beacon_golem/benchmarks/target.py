@@ -11,7 +11,6 @@ The shim's `/info` names the runtime and its upstream URL; where that URL answer
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlparse
@@ -96,7 +95,7 @@ async def _get_json(session: aiohttp.ClientSession, url: str, timeout_s: float =
             if resp.status != 200:
                 return None
             return await resp.json(content_type=None)
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+    except (TimeoutError, aiohttp.ClientError, ValueError):
         return None
 
 
@@ -179,5 +178,5 @@ async def _answers(session: aiohttp.ClientSession, url: str) -> bool:
         async with session.get(url + "/", timeout=aiohttp.ClientTimeout(total=2)) as resp:
             await resp.read()
             return True
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         return False
