@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,8 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_job_requests: int = 10_000
+    #: Event loop for serving processes (shim, node, router): auto (uvloop when installed) or asyncio.
+    event_loop: str = "auto"
 
 
     def shim_limits(self) -> ShimLimits:
@@ -42,6 +45,24 @@ class Settings(BaseSettings):
             connect_timeout_s=self.upstream_connect_timeout_s,
             read_timeout_s=self.upstream_read_timeout_s,
         )
+
+
+def install_event_loop(choice: str) -> str:
+    """Use uvloop for the serving processes when asked or available: the shim spends most of its
+    CPU in the event loop and transports. Returns the loop in use."""
+    if choice in ("auto", "uvloop"):
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            if choice == "uvloop":
+                from beacon_golem.errors import UsageError
+
+                raise UsageError("BEACON_EVENT_LOOP=uvloop but uvloop is not installed (pip install uvloop)") from None
+        else:
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+            return "uvloop"
+    asyncio.set_event_loop_policy(None)
+    return "asyncio"
 
 
 def load_settings(**overrides: object) -> Settings:

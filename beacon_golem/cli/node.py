@@ -11,7 +11,7 @@ from aiohttp import web
 from rich.console import Console
 
 from beacon_golem.cli import app
-from beacon_golem.config import load_settings
+from beacon_golem.config import install_event_loop, load_settings
 from beacon_golem.inference import GenerationRequest
 from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port, serve_node
 from beacon_golem.node.tiny_model import DEFAULT_SEED, file_sha256, write_tiny_model
@@ -60,6 +60,7 @@ def node_up(
     def ready(node: LocalNode) -> None:
         out.print(f"node ready: {node.url}  (runtime {runtime} at {node.runtime_url}; Ctrl-C stops)")
 
+    install_event_loop(settings.event_loop)
     asyncio.run(serve_node(config, ready))
 
 
@@ -84,6 +85,7 @@ def shim(
         limits=settings.shim_limits(),
     )
     out.print(f"shim for {runtime} at {config.upstream} listening on http://{host}:{port}")
+    install_event_loop(settings.event_loop)
     web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
 
 

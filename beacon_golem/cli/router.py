@@ -9,7 +9,7 @@ from aiohttp import web
 from rich.console import Console
 
 from beacon_golem.cli import app
-from beacon_golem.config import load_settings
+from beacon_golem.config import install_event_loop, load_settings
 from beacon_golem.errors import UsageError
 from beacon_golem.runs.router import REGION_HEADER, create_router_app
 from beacon_golem.runs.runner import FleetChoice, build_fleet
@@ -53,6 +53,7 @@ def router(
             finally:
                 await runner.cleanup()
 
+    install_event_loop(settings.event_loop)
     try:
         asyncio.run(serve())
     except KeyboardInterrupt:
