@@ -4,7 +4,8 @@ The model is a real llama-architecture network (two layers of width 64) with see
 weights and a byte-level SentencePiece-style vocabulary plus a few hundred English word
 pieces. It talks nonsense, fast: enough to exercise every runtime path, timing and token
 count end to end. The output layer gives the end-of-sequence and byte tokens zero logits
-while word pieces get large random ones, so answers run to `max_tokens` in readable words.
+while word pieces get large random ones, so answers run to `max_tokens` in readable words; its
+attention is strong enough that a different system prompt gives a different answer.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ CHATML_TEMPLATE = (
 )
 
 N_EMBD = 64
+#: Attention weights large enough that the answer depends on the whole prompt (system prompt
+#: included), not only on its last token: regions with different system prompts answer differently.
+ATTN_SCALE = 0.5
 N_LAYER = 2
 N_HEAD = 4
 N_FF = 128
@@ -111,7 +115,7 @@ def write_tiny_model(path: Path, seed: int = DEFAULT_SEED) -> Path:
     for i in range(N_LAYER):
         writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
         for name in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(N_EMBD, N_EMBD))
+            writer.add_tensor(f"blk.{i}.{name}.weight", weight(N_EMBD, N_EMBD, scale=ATTN_SCALE))
         writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(N_EMBD, dtype=np.float32))
         writer.add_tensor(f"blk.{i}.ffn_gate.weight", weight(N_FF, N_EMBD))
         writer.add_tensor(f"blk.{i}.ffn_up.weight", weight(N_FF, N_EMBD))
