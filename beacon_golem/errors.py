@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import ValidationError
+
 
 class BeaconError(Exception):
     """A failure we can explain in one line; never shown with a traceback."""
@@ -43,3 +47,19 @@ class UpstreamError(RuntimeUnavailable):
         self.status = status
         # The runtime refusing the request (4xx) is the caller's problem; anything else is ours.
         self.http_status = 422 if status is not None and 400 <= status < 500 else 502
+
+
+def error_location(error: dict[str, Any]) -> str:
+    return ".".join(str(p) for p in error.get("loc", ()))
+
+
+def one_line(exc: ValidationError) -> str:
+    """`questions.2.text: Field required (and 1 more)`: the first problem, naming its field."""
+    first = exc.errors()[0]
+    where = error_location(first)
+    msg = first["msg"]
+    # A model-level check names its own field inside the message ("questions: id 'x' ...").
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return f"{where}: {msg}{extra}" if where else f"{msg}{extra}"

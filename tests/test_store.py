@@ -376,14 +376,31 @@ def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # ---- schema 2: bench results, and the migration from schema 1 ---------------------------------------
+def as_schema_2(path: Path) -> None:
+    """Turn a fresh file into what schema 2 wrote: schema 3 only added columns (runs.kind, nodes.probe_*)."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "ALTER TABLE runs DROP COLUMN kind; ALTER TABLE nodes DROP COLUMN probe_json;"
+        " ALTER TABLE nodes DROP COLUMN probe_error; ALTER TABLE nodes DROP COLUMN probed_at;"
+        " UPDATE schema_version SET version = 2;"
+    )
+    conn.close()
+
+
 def _as_schema_1(path: Path) -> None:
     """Turn a fresh file into what schema 1 wrote: schema 2 only added bench_results (table, index, trigger)."""
+    as_schema_2(path)
     conn = sqlite3.connect(path)
     conn.executescript(
         "DROP TRIGGER bench_results_never_deleted; DROP INDEX bench_results_run; DROP TABLE bench_results;"
         " UPDATE schema_version SET version = 1;"
     )
     conn.close()
+
+
+def kept(after: dict[str, list[tuple]], before: dict[str, list[tuple]]) -> dict[str, list[tuple]]:
+    """`after` cut to the columns `before` had: a migration only appends columns (ALTER TABLE ADD COLUMN)."""
+    return {t: [row[: len(old)] for row, old in zip(after[t], before[t], strict=True)] for t in before}
 
 
 def _dump(path: Path) -> dict[str, list[tuple]]:
@@ -417,17 +434,17 @@ def test_a_schema_1_file_migrates_in_place_and_keeps_every_row(tmp_path: Path, s
         assert ro.results(run.run_id)[0].text == "I am a small model."
     assert digest(path) == digest_before
 
-    # Opened for writing: migrated to schema 2, no old row changed, bench results work.
+    # Opened for writing: migrated to schema 2 then 3, no old row changed, bench results work.
     with Store(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 2
+        assert s.schema_version() == SCHEMA_VERSION == 3
         assert s.get_run(run.run_id).status == "done" and s.nodes(run.run_id)[0].extra == {"glm_spent": 0.25}
         row = s.add_bench_result(run.run_id, "n1", "node", "n1 US node", {"kind": "sweep"}, BENCH)
         assert s.bench_results(run.run_id) == [row]
-    assert _dump(path) == before
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+    assert kept(_dump(path), before) == before
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
     with Store(path) as s:  # opening again migrates nothing more
-        assert s.schema_version() == 2 and len(s.bench_results(run.run_id)) == 1
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,)]
+        assert s.schema_version() == 3 and len(s.bench_results(run.run_id)) == 1
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
 
 
 def test_bench_results_round_trip_and_are_never_deleted(store: Store, suite) -> None:  # type: ignore[no-untyped-def]

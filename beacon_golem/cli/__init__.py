@@ -7,7 +7,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from beacon_golem.errors import BeaconError
+from beacon_golem.errors import BeaconError, one_line
 from beacon_golem.log import configure_logging
 
 app = typer.Typer(
@@ -29,7 +29,7 @@ def _root(
 
 def _register() -> None:
     """Import every command module: each registers its commands on `app`."""
-    from beacon_golem.cli import bench, golem, images, node, probe, report, router, run, runs  # noqa: F401
+    from beacon_golem.cli import bench, golem, images, node, pilot, probe, report, router, run, runs  # noqa: F401
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -45,8 +45,6 @@ def main(argv: list[str] | None = None) -> None:
     except BeaconError as exc:
         fail(str(exc), exc.exit_code)
     except ValidationError as exc:
-        from beacon_golem.shim.app import one_line
-
         fail(one_line(exc), 2)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)

@@ -20,10 +20,9 @@ from beacon_golem.benchmarks.metrics import SLO
 from beacon_golem.benchmarks.profiles import Profile
 from beacon_golem.benchmarks.prompts import PromptSpec
 from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError
+from beacon_golem.errors import UsageError, one_line
 from beacon_golem.fleets.static import StaticNodeSpec
 from beacon_golem.runs.store import BenchResultRow, RunRow, open_store
-from beacon_golem.runs.suite import one_line
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)

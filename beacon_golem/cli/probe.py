@@ -19,6 +19,7 @@ def probe(
     network: bool = typer.Option(False, "--network", help="Also try outbound connections (a few seconds at most)"),
     network_timeout: float = typer.Option(3.0, help="Seconds each outbound connection may take"),
     data_dir: Path = typer.Option(None, help="Where models and results would go: its disk is measured (default: here)"),
+    matrix: Path = typer.Option(None, "--matrix", help="Also write this machine's compatibility matrix (matrix.md, matrix.json) into DIR"),
 ) -> None:
     """Check this machine: pass, warn or fail with a reason each, then which runtimes can run here."""
     report = asyncio.run(run_probe(data_dir, network=network, network_timeout_s=network_timeout))
@@ -26,3 +27,11 @@ def probe(
         typer.echo(report.model_dump_json(indent=2))
     else:
         print_report(report, Console())
+    if matrix is not None:  # one row; `beacon pilot` writes the same for every node of a fleet
+        import platform
+
+        from beacon_golem.probe.pilot import NodeProbe, build_matrix, write_matrix
+
+        row = NodeProbe(node_id=platform.node() or "this-machine", fleet="local", probe=report)
+        md, js = write_matrix(build_matrix([row], fleet="local"), matrix)
+        typer.echo(f"matrix: {md} ({js})", err=True)

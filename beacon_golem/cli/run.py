@@ -101,6 +101,8 @@ def run(
     else:
         store = open_store(db or settings.data_dir / "beacon.db", create=False)
         record = store.find_run(resume)
+        if record.suite is None:
+            raise UsageError(f"run {record.run_id} is a compatibility pilot, not a suite run: run `beacon pilot` again")
         choice = FleetChoice(**{**(record.fleet_desc or {}), **given})
         fleet_obj = build_fleet(choice, settings.data_dir, settings.shim_token, store)
         record = store.reopen_run(record.run_id)

@@ -97,15 +97,20 @@ def runs_show(
         event_rows = store.events(run.run_id) if events else []
     c = run.job_counts
     out.print(f"[bold]run {run.run_id}[/bold]  {run.status}")
-    out.print(f"suite     {run.suite_name}  {run.suite_hash}")
+    if run.kind == "pilot":
+        out.print(f"pilot     compatibility pilot: no suite, no jobs (matrix: beacon report {run.run_id} --html FILE)")
+    else:
+        out.print(f"suite     {run.suite_name}  {run.suite_hash}")
     out.print(f"created   {_ts(run.created_at)} UTC   finished {_ts(run.finished_at)}")
     out.print(f"jobs      {run.total_jobs}: {c['done']} done, {c['failed']} failed, {c['pending']} pending, "
               f"{c['running']} running")  # fmt: skip
     if run.fleet_desc:
         out.print(f"fleet     {json.dumps(run.fleet_desc, ensure_ascii=False)}")
     if nodes:
+        probed = any(n.probe is not None or n.probe_error for n in nodes)
         table = Table(title="Nodes")
-        for col in ("Node", "Region", "Fleet", "Provider", "Runtime", "GPU", "Status", "Answers"):
+        columns = ("Node", "Region", "Fleet", "Provider", "Runtime", "GPU", "Status", "Answers")
+        for col in columns + (("Probe",) if probed else ()):
             table.add_column(col)
         answered: dict[str, int] = {}
         for r in results.values():
@@ -115,9 +120,13 @@ def runs_show(
             runtime = f"{n.info.runtime.name} {n.info.runtime.version or ''}".strip() if n.info else "—"
             status = n.status + (f" ({n.lost_reason})" if n.lost_reason else "")
             provider = n.provider_name or n.provider_id or "—"
+            probe = []
+            if probed:  # the probe's overall status (beacon pilot), or why there is none
+                probe = [str(n.probe.get("status", "?")) if n.probe is not None else f"error: {n.probe_error}"]
             table.add_row(n.node_id, n.region or "—", n.fleet, provider, runtime, gpu, status,
-                          str(answered.get(n.node_id, 0)))  # fmt: skip
+                          str(answered.get(n.node_id, 0)), *probe)  # fmt: skip
         out.print(table)
+    jobs_table = bool(jobs) or run.kind != "pilot"  # a pilot has no jobs: no empty table
     several_models = len({j.model for j in jobs}) > 1
     several_reps = any(j.repetition for j in jobs)
     table = Table(title="Jobs", box=box.SIMPLE_HEAD)
@@ -142,7 +151,8 @@ def runs_show(
             _snippet(r.text) if r else _snippet(j.error),
         ]  # fmt: skip
         table.add_row(*cells)
-    out.print(table)
+    if jobs_table:
+        out.print(table)
     if event_rows:
         table = Table(title="Events")
         for col in ("Time (UTC)", "Kind", "Node", "Job", "Detail"):

@@ -41,6 +41,8 @@ class StaticFleet(Fleet):
         if not specs:
             raise UsageError("the static fleet needs at least one --node URL")
         self.specs = specs
+        #: Nodes found unusable at start, one line each (the pilot reports them).
+        self.failures: list[str] = []
 
     def describe(self) -> dict[str, object]:
         return {"fleet": self.name, "nodes": [{"url": s.url, "region": s.region} for s in self.specs]}
@@ -48,6 +50,7 @@ class StaticFleet(Fleet):
     async def start(self) -> None:
         outcomes = await asyncio.gather(*(self._connect(i, s) for i, s in enumerate(self.specs)), return_exceptions=True)
         failures = [f"{s.url}: {o}" for s, o in zip(self.specs, outcomes, strict=True) if isinstance(o, BaseException)]
+        self.failures = failures
         for failure in failures:
             log.warning("static_node_unusable", detail=failure)
         if len(failures) == len(self.specs):

@@ -247,18 +247,19 @@ def build_report(store: Store, run_id: str, *, threshold: float = DEFAULT_THRESH
     if not 0.0 <= threshold <= 1.0:
         raise ValueError("threshold must be between 0 and 1")
     run = store.get_run(run_id)
-    suite = run.suite
+    suite = run.suite  # None for a pilot run: no questions, an empty report
     jobs = store.jobs(run_id)
     results = {r.job_id: r for r in store.results(run_id)}
-    regions = list(suite.regions)
+    regions = list(suite.regions) if suite is not None else []
     for job in jobs:  # regions of jobs the suite no longer names (never expected; kept visible)
         if job.region not in regions:
             regions.append(job.region)
     questions: list[QuestionReport] = []
     comparisons: list[ModelComparison] = []
     disagreements: list[Disagreement] = []
-    by_question = {q.id: q for q in suite.questions}
-    order = list(dict.fromkeys([q.id for q in suite.questions] + [j.question_id for j in jobs]))
+    suite_questions = suite.questions if suite is not None else []
+    by_question = {q.id: q for q in suite_questions}
+    order = list(dict.fromkeys([q.id for q in suite_questions] + [j.question_id for j in jobs]))
     for qid in order:
         q_jobs = [j for j in jobs if j.question_id == qid]
         if not q_jobs:
@@ -278,7 +279,7 @@ def build_report(store: Store, run_id: str, *, threshold: float = DEFAULT_THRESH
                 )  # fmt: skip
         comparisons += q_comparisons
         prompts = {}
-        if question is not None:
+        if question is not None and suite is not None:
             for region in suite.regions:
                 prompt = suite.system_prompt_for(question, region)
                 if prompt:

@@ -13,7 +13,9 @@ Sections (see docs/reports.md):
 - the per-region difference table (reports/differences.py) when the run asked questions;
 - the nodes' fingerprints: GPU, driver, CPU, RAM, OS, runtime and its settings;
 - cost per million output tokens where the store holds GLM spent for a node
-  (`extra.glm_spent`, written by the Golem fleet), "n/a" elsewhere.
+  (`extra.glm_spent`, written by the Golem fleet), "n/a" elsewhere;
+- the compatibility matrix (probe checks and runtimes per node) when the run's nodes were
+  probed (`beacon pilot`, beacon_golem/probe/pilot.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from beacon_golem.errors import UsageError
+from beacon_golem.probe.pilot import Matrix, matrix_from_store, runtimes_text
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
 from beacon_golem.reports.differences import DifferenceReport, build_report
 from beacon_golem.runs.store import BenchResultRow, NodeRow, Store, utcnow
@@ -131,6 +134,8 @@ class CostRow(BaseModel):
 
 class RunReport(BaseModel):
     run_id: str
+    #: "suite", or "pilot" for a compatibility pilot (no suite, no jobs).
+    kind: str = "suite"
     suite_name: str
     suite_hash: str
     status: str
@@ -145,6 +150,8 @@ class RunReport(BaseModel):
     costs: list[CostRow] = Field(default_factory=list)
     #: None when the run asked no questions.
     differences: DifferenceReport | None = None
+    #: None when no node of the run was probed.
+    compatibility: Matrix | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -308,6 +315,7 @@ def build_run_report(store: Store, run_id: str) -> RunReport:
     differences = build_report(store, run_id) if run.total_jobs else None
     return RunReport(
         run_id=run.run_id,
+        kind=run.kind,
         suite_name=run.suite_name,
         suite_hash=run.suite_hash,
         status=run.status,
@@ -321,6 +329,7 @@ def build_run_report(store: Store, run_id: str) -> RunReport:
         fingerprints=fingerprints,
         costs=costs,
         differences=differences,
+        compatibility=matrix_from_store(store, run_id),
     )
 
 
@@ -479,9 +488,10 @@ def _summary_section(report: RunReport) -> str:
     ]
     html = "".join(f'<div class="card"><div class="k">{_e(k)}</div><div class="v">{_e(v)}</div></div>' for k, v in cards)
     fleet = report.fleet.get("kind") or "?"
+    what = "A compatibility pilot" if report.kind == "pilot" else f"Suite <b>{_e(report.suite_name)}</b>"
     return (
         '<section id="summary"><h2>Summary</h2>'
-        f'<p class="lead">Suite <b>{_e(report.suite_name)}</b> on a {_e(fleet)} fleet, status {_status_badge(report.status)}; '
+        f'<p class="lead">{what} on a {_e(fleet)} fleet, status {_status_badge(report.status)}; '
         f"started {_e(_ts(report.created_at))}, finished {_e(_ts(report.finished_at))}.</p>"
         f'<div class="cards">{html}</div></section>'
     )
@@ -632,6 +642,67 @@ def _fingerprint_section(report: RunReport) -> str:
     )
 
 
+_PROBE_BADGE = {"pass": "ok", "warn": "warn", "fail": "bad", "error": "bad", "skip": "info"}
+
+
+def _probe_badge(status: str, title: str | None = None) -> str:
+    tip = f' title="{_e(title)}"' if title else ""
+    return f'<span class="badge {_PROBE_BADGE.get(status, "info")}"{tip}>{_e(status.upper())}</span>'
+
+
+def _compatibility_section(report: RunReport) -> str:
+    m = report.compatibility
+    if m is None:
+        return ""
+    counts = {s: sum(1 for r in m.rows if r.status == s) for s in ("pass", "warn", "fail", "error")}
+    node_rows = []
+    for r in m.rows:
+        possible = " ".join(
+            f'<span class="badge {"ok" if rt.accelerator == "gpu" else "info"}" title="{_e("; ".join(rt.reasons))}">'
+            f"{_e(rt.label)}</span>" for rt in r.possible
+        ) or '<span class="muted">—</span>'
+        impossible = " ".join(
+            f'<span class="badge bad" title="{_e("; ".join(rt.reasons))}">{_e(rt.runtime)}</span>' for rt in r.not_possible
+        ) or '<span class="muted">—</span>'
+        probe = _probe_badge(r.status) + (f'<br><span class="muted">{_e(r.error)}</span>' if r.error else "")
+        node_rows.append([
+            f"<b>{_e(r.node_id)}</b>" + (f'<br><span class="muted">{_e(r.provider)}</span>' if r.provider else ""),
+            _e(r.region or "—"), _e(r.gpu), _n(r.vram_gib, 0) + " GiB" if r.vram_gib else "—", _e(r.driver or "—"),
+            _e(r.cuda or "—"), probe, possible, impossible,
+        ])  # fmt: skip
+    parts = [
+        '<section id="compatibility"><h2>Compatibility</h2>'
+        f'<p class="lead">What each node\'s Linux compatibility probe (<code>GET /probe</code>) found: {len(m.rows)} '
+        f"node(s), {counts['pass']} pass, {counts['warn']} warn, {counts['fail']} fail, {counts['error']} without a "
+        "probe. Runtimes possible say where they would run (GPU or CPU); hover a badge for the reasons.</p>"
+        + _table(["node", "region", "GPU", "VRAM", "driver", "CUDA", "probe", "runtimes possible", "not possible"],
+                 node_rows, cls="compat-nodes")  # fmt: skip
+    ]
+    probed = m.probed
+    if probed:
+        check_rows = []
+        for check_id, title in m.checks.items():
+            cells = []
+            for r in probed:
+                c = r.check(check_id)
+                cells.append(_probe_badge(c.status, c.reason) if c else '<span class="muted">—</span>')
+            check_rows.append([_e(title), *cells])
+        parts.append("<h3>Checks</h3>" + _table(["check", *(_e(r.node_id) for r in probed)], check_rows, cls="compat-checks"))
+        details = []
+        for r in m.rows:
+            items = [f"<li>no probe: {_e(r.error)}</li>"] if r.error else []
+            items += [f"<li>{_probe_badge(c.status)} <b>{_e(c.title)}</b>: {_e(c.reason)}</li>"
+                      for c in r.checks if c.status in ("warn", "fail")]  # fmt: skip
+            items += [f"<li><b>{_e(rt.runtime)}</b> ({_e(rt.label if rt.can_run else 'not possible')}): "
+                      f"{_e('; '.join(rt.reasons))}</li>" for rt in r.runtimes]  # fmt: skip
+            items += [f"<li>{_e(n)}</li>" for n in r.notes]
+            details.append(f"<details><summary>{_e(r.node_id)}: why</summary><ul>{''.join(items)}</ul></details>")
+        parts.append("".join(details))
+    if m.notes:
+        parts.append("<h3>Fleet notes</h3><ul class=\"warnings\">" + "".join(f"<li>{_e(n)}</li>" for n in m.notes) + "</ul>")
+    return "".join(parts) + "</section>"
+
+
 def _cost_section(report: RunReport) -> str:
     rows = [
         [_e(c.node_id), _e(c.region or "—"), _e(c.provider or "—"),
@@ -654,13 +725,13 @@ def render_html(report: RunReport) -> str:
     """The whole report as one HTML document: inline CSS and SVG, no script, nothing to fetch."""
     nav = "".join(
         f'<a href="#{i}">{t}</a>'
-        for i, t in (("summary", "Summary"), ("throughput", "Throughput"), ("latency", "Latency"),
-                     ("benchmarks", "Benchmarks"), ("differences", "Differences"), ("fingerprints", "Nodes"),
-                     ("cost", "Cost"))
-        if i not in ("latency", "benchmarks") or report.perf
+        for i, t in (("summary", "Summary"), ("compatibility", "Compatibility"), ("throughput", "Throughput"),
+                     ("latency", "Latency"), ("benchmarks", "Benchmarks"), ("differences", "Differences"),
+                     ("fingerprints", "Nodes"), ("cost", "Cost"))
+        if (i not in ("latency", "benchmarks") or report.perf) and (i != "compatibility" or report.compatibility)
     )  # fmt: skip
     body = (
-        _summary_section(report) + _perf_sections(report) + _differences_section(report)
+        _summary_section(report) + _compatibility_section(report) + _perf_sections(report) + _differences_section(report)
         + _fingerprint_section(report) + _cost_section(report)
     )  # fmt: skip
     return (
@@ -668,9 +739,10 @@ def render_html(report: RunReport) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         '<link rel="icon" href="data:,">'
         f"<title>Beacon run {_e(report.run_id)} · {_e(report.suite_name)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>Beacon run report</h1><div class=\"meta\">run <code>{_e(report.run_id)}</code> · suite "
-        f"<b>{_e(report.suite_name)}</b> · <code>{_e(report.suite_hash[:19])}…</code> · generated "
-        f"{_e(_ts(report.generated_at))}</div></header><nav>{nav}</nav><main>{body}</main>"
+        f"<header><h1>Beacon run report</h1><div class=\"meta\">run <code>{_e(report.run_id)}</code> · "
+        + (f"suite <b>{_e(report.suite_name)}</b> · <code>{_e(report.suite_hash[:19])}…</code>" if report.kind != "pilot"
+           else "<b>compatibility pilot</b>")
+        + f" · generated {_e(_ts(report.generated_at))}</div></header><nav>{nav}</nav><main>{body}</main>"
         f"<footer>beacon-golem · from the run store only · {_e(report.run_id)}</footer></body></html>\n"
     )
 
@@ -688,7 +760,8 @@ def render_markdown_summary(report: RunReport) -> str:
         f"# Beacon run {report.run_id}: {_md(report.suite_name)}",
         "",
         f"Status **{report.status}** on a {report.fleet.get('kind', '?')} fleet; started {_ts(report.created_at)}, "
-        f"finished {_ts(report.finished_at)}. Suite `{report.suite_hash}`.",
+        f"finished {_ts(report.finished_at)}. "
+        + ("A compatibility pilot." if report.kind == "pilot" else f"Suite `{report.suite_hash}`."),
         "",
         "## Performance",
         "",
@@ -717,6 +790,15 @@ def render_markdown_summary(report: RunReport) -> str:
         spent = _n(c.glm_spent, 6) if c.glm_spent is not None else "n/a"
         per = _n(c.glm_per_million, 4) if c.glm_per_million is not None else "n/a"
         lines.append(f"| {_md(c.node_id)} | {spent} | {c.tokens:,} | {per} |")
+    if report.compatibility is not None:
+        m = report.compatibility
+        lines += ["", "## Compatibility", "", "| Node | Region | GPU | Driver | CUDA | Probe | Runtimes possible | Not possible |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in m.rows:
+            probe = r.status.upper() + (f": {r.error}" if r.error else "")
+            lines.append(f"| {_md(r.node_id)} | {_md(r.region or '-')} | {_md(r.gpu)} | {_md(r.driver or '-')} | "
+                         f"{_md(r.cuda or '-')} | {_md(probe)} | {_md(runtimes_text(r.runtimes, True))} | "
+                         f"{_md(runtimes_text(r.runtimes, False))} |")  # fmt: skip
     lines += ["", "## Differences by region", ""]
     diff = report.differences
     if diff is None:

@@ -179,7 +179,7 @@ async def run_suite_perf(
     store: Store, run: RunRow, fleet: Fleet, listener: PerfListener | None = None, poll_s: float = 1.0
 ) -> list[PerfOutcome]:
     """Benchmark every node the fleet holds now, as the run's suite says; store each result."""
-    section = run.suite.perf
+    section = run.suite.perf if run.suite is not None else None
     if section is None:
         return []
     nodes = sorted(fleet.nodes(), key=lambda n: n.node_id)

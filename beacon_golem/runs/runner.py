@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from beacon_golem.errors import UsageError
+from beacon_golem.errors import UsageError, one_line
 from beacon_golem.fleets.base import Fleet
 from beacon_golem.fleets.local import LocalFleet, LocalFleetConfig
 from beacon_golem.fleets.static import StaticFleet, StaticNodeSpec
@@ -21,7 +21,7 @@ from beacon_golem.log import get_logger
 from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
 from beacon_golem.runs.jobspec import import_jobspec
 from beacon_golem.runs.store import RunRow, Store
-from beacon_golem.runs.suite import Suite, expand_jobs, load_suite, one_line
+from beacon_golem.runs.suite import Suite, expand_jobs, load_suite
 
 log = get_logger(__name__)
 
@@ -223,7 +223,7 @@ async def execute_run(
                 on_fleet_ready(fleet)
             dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
             progress = await dispatcher.run()
-            if run.suite.perf is not None:
+            if run.suite is not None and run.suite.perf is not None:
                 from beacon_golem.runs.perf import run_suite_perf
 
                 perf_ok = all(o.ok for o in await run_suite_perf(store, run, fleet, on_perf))

@@ -12,6 +12,10 @@ running -> pending (release_job, reset_running after a crash).
 Schema 2 adds `bench_results`: one performance benchmark (a `BenchResult`, vLLM-keyed) per
 node and place it ran from. Opening a schema-1 file for writing migrates it in one
 transaction (a new table, nothing else touched); a read-only open of one reads no bench results.
+
+Schema 3 adds the compatibility pilot (`beacon pilot`): `runs.kind` ('suite', or 'pilot' for a
+run without jobs or suite) and, on `nodes`, the node's probe report (`probe_json`), or why there
+is none (`probe_error`), and when it was asked for (`probed_at`). The migration only adds columns.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from beacon_golem.inference import GenerationRequest, GenerationResult
 from beacon_golem.runs.suite import PlannedJob, Suite, canonical_json
 from beacon_golem.shim.api import NodeInfo
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_FILENAME = "beacon.db"
 
 JobState = Literal["pending", "running", "done", "failed"]
@@ -44,6 +48,8 @@ JOB_STATES: tuple[JobState, ...] = ("pending", "running", "done", "failed")
 RunStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
 NodeStatus = Literal["alive", "lost"]
 BenchWhere = Literal["node", "requestor"]
+#: 'suite': a suite's questions and/or perf; 'pilot': the compatibility pilot (no suite, no jobs).
+RunKind = Literal["suite", "pilot"]
 
 #: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
 _BENCH_SCHEMA = """
@@ -63,8 +69,15 @@ BEGIN
     SELECT RAISE(ABORT, 'stored bench results are never deleted');
 END;
 """
+#: Schema 3: the compatibility pilot. Shared by new databases and the migration from 2.
+_PILOT_SCHEMA = """
+ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'suite' CHECK (kind IN ('suite','pilot'));
+ALTER TABLE nodes ADD COLUMN probe_json TEXT;
+ALTER TABLE nodes ADD COLUMN probe_error TEXT;
+ALTER TABLE nodes ADD COLUMN probed_at TEXT;
+"""
 #: version -> the script that brings the version before it up to it.
-_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA}
+_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA}
 
 _SCHEMA = f"""
 CREATE TABLE schema_version (
@@ -155,6 +168,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_run ON events(run_id, event_id);
 {_BENCH_SCHEMA}
+{_PILOT_SCHEMA}
 INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
 """
 
@@ -191,9 +205,11 @@ def _json(value: Any) -> str:
 
 class RunRow(BaseModel):
     run_id: str
+    kind: RunKind = "suite"
     suite_name: str
     suite_hash: str
-    suite: Suite
+    #: None for a pilot run (`kind == "pilot"`): it has no suite and no jobs.
+    suite: Suite | None = None
     suite_source: str | None = None
     fleet_desc: Any = None
     status: RunStatus
@@ -280,6 +296,23 @@ class NodeRow(BaseModel):
     lost_reason: str | None = None
     first_seen: datetime
     last_seen: datetime
+    #: The node's probe report (GET /probe) as stored, plain JSON; None when not asked or it failed.
+    probe: dict[str, Any] | None = None
+    #: Why the node has no probe report (it did not answer, or answered something else).
+    probe_error: str | None = None
+    probed_at: datetime | None = None
+
+    def probe_report(self) -> Any:
+        """The stored probe as a `ProbeReport` (None when there is none; BeaconError when it no longer reads)."""
+        if self.probe is None:
+            return None
+        from beacon_golem.probe.report import ProbeReport
+
+        try:
+            return ProbeReport.model_validate(self.probe)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BeaconError(f"stored probe of node {self.node_id} is not readable: {first}") from None
 
 
 class BenchResultRow(BaseModel):
@@ -527,6 +560,20 @@ class Store:
                 raise BeaconError(f"cannot record run {run_id}: {exc}") from None
         return self.get_run(run_id)
 
+    def create_pilot_run(self, fleet_desc: Any = None, *, run_id: str | None = None) -> RunRow:
+        """Record a compatibility pilot: a run with no suite and no jobs (`kind == "pilot"`)."""
+        run_id = run_id or new_run_id()
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO runs (run_id, kind, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
+                    " status, created_at) VALUES (?, 'pilot', 'pilot', '', 'null', 'beacon pilot', ?, 'running', ?)",
+                    (run_id, _json(fleet_desc), to_ts(utcnow())),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise BeaconError(f"cannot record run {run_id}: {exc}") from None
+        return self.get_run(run_id)
+
     def _run_row(self, row: sqlite3.Row) -> RunRow:
         counts = dict.fromkeys(JOB_STATES, 0)
         for c in self._query("SELECT state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY state", (row["run_id"],)):
@@ -760,8 +807,14 @@ class Store:
             extra = json.loads(row["extra_json"] or "{}")
         except ValueError as exc:
             raise self._fail(f"stored node {row['node_id']} is not readable: {exc}") from None
-        data = {k: row[k] for k in row.keys() if k not in ("info_json", "extra_json")}
-        return self._parse(NodeRow, data | {"info": info, "extra": extra}, f"node {row['node_id']}")
+        data = {k: row[k] for k in row.keys() if k not in ("info_json", "extra_json", "probe_json")}
+        probe = None
+        if "probe_json" in row.keys() and row["probe_json"]:  # no such column in a schema-2 file opened read-only
+            try:
+                probe = json.loads(row["probe_json"])
+            except ValueError:
+                data["probe_error"] = data.get("probe_error") or "the stored probe is not valid JSON"
+        return self._parse(NodeRow, data | {"info": info, "extra": extra, "probe": probe}, f"node {row['node_id']}")
 
     def upsert_node(self, run_id: str, node: Node) -> NodeRow:
         """Record a node of the run (alive); a node seen again is updated and alive again.
@@ -787,6 +840,22 @@ class Store:
             except sqlite3.IntegrityError:
                 raise UsageError(f"no run '{run_id}' in {self.path}") from None
         return self.get_node(run_id, node.node_id)  # type: ignore[return-value]
+
+    def set_node_probe(self, run_id: str, node_id: str, probe: dict[str, Any] | BaseModel | None, error: str | None = None) -> bool:
+        """Keep a node's probe report (or why there is none) with the node.
+
+        A stored report is never overwritten: a later report leaves it as it is (the machine under
+        a node does not change), and a later failed attempt only records its error next to it.
+        """
+        if isinstance(probe, BaseModel):
+            probe = probe.model_dump(mode="json")
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET probe_json = COALESCE(probe_json, ?), probe_error = ?, probed_at = ?"
+                " WHERE run_id = ? AND node_id = ?",
+                (_json(probe) if probe is not None else None, error, to_ts(utcnow()), run_id, node_id),
+            )
+        return cur.rowcount > 0
 
     def mark_node_lost(self, run_id: str, node_id: str, reason: str) -> bool:
         with self._tx() as conn:

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from beacon_golem.errors import UsageError
+from beacon_golem.errors import UsageError, one_line
 from beacon_golem.inference import ChatMessage, GenerationRequest
 from beacon_golem.shim.api import PerfPlan
 
@@ -353,22 +353,6 @@ def expand_jobs(suite: Suite) -> list[PlannedJob]:
 
 # ---------------------------------------------------------------------------------------
 # Reading files
-
-
-def error_location(error: dict[str, Any]) -> str:
-    return ".".join(str(p) for p in error.get("loc", ()))
-
-
-def one_line(exc: ValidationError) -> str:
-    """`questions.2.text: Field required (and 1 more)`: the first problem, naming its field."""
-    first = exc.errors()[0]
-    where = error_location(first)
-    msg = first["msg"]
-    # A model-level check names its own field inside the message ("questions: id 'x' ...").
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where}: {msg}{extra}" if where else f"{msg}{extra}"
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -21,7 +21,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
 from beacon_golem import __version__
-from beacon_golem.errors import BeaconError, RuntimeUnavailable
+from beacon_golem.errors import BeaconError, RuntimeUnavailable, one_line
 from beacon_golem.inference import GenerationRequest, GenerationResult
 from beacon_golem.log import get_logger
 from beacon_golem.probe.hardware import SystemInfo, system_info
@@ -171,14 +171,6 @@ def _dumps(obj: Any) -> str:
 
 def error_response(status: int, message: str) -> web.Response:
     return json_response(ErrorBody(error=message, status=status), status=status)
-
-
-def one_line(exc: ValidationError) -> str:
-    """The first validation problem, naming the field: `max_tokens: Input should be ...`."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"{where or 'body'}: {first['msg']}{extra}"
 
 
 async def parse_body(request: web.Request, model: type[M]) -> M:

@@ -12,6 +12,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from beacon_golem.errors import BeaconError
 from beacon_golem.inference import GenerationRequest, GenerationResult
+from beacon_golem.probe.report import ProbeReport
 from beacon_golem.shim.api import Health, JobAccepted, JobSpec, JobView, NodeInfo
 
 M = TypeVar("M", bound=BaseModel)
@@ -101,6 +102,10 @@ class ShimClient:
 
     async def info(self, refresh: bool = False) -> NodeInfo:
         return await self._call("GET", "/info" + ("?refresh=1" if refresh else ""), NodeInfo)
+
+    async def probe(self) -> ProbeReport:
+        """The compatibility probe of the node's machine (GET /probe; run once per shim, then cached)."""
+        return await self._call("GET", "/probe", ProbeReport)
 
     async def infer(self, request: GenerationRequest) -> GenerationResult:
         return await self._call("POST", "/inference", GenerationResult, request)
