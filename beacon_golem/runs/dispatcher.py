@@ -35,6 +35,8 @@ class DispatchConfig(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     per_node_concurrency: int | None = None
     health_interval_s: float = 2.0
+    #: How long one health check may take: a busy node answers slowly, a dead one refuses at once.
+    health_timeout_s: float = 10.0
     #: Consecutive failures (health checks or requests) after which a node counts as lost.
     node_failures_to_lose: int = 2
     #: How long jobs no node can serve wait for a matching node to join (Golem fleets add nodes).
@@ -201,7 +203,7 @@ class Dispatcher:
 
     async def _check(self, state: _NodeState) -> None:
         try:
-            health = await asyncio.wait_for(state.client.health(), timeout=max(2.0, self.config.health_interval_s))
+            health = await asyncio.wait_for(state.client.health(), timeout=self.config.health_timeout_s)
             ok, reason = health.status == "ok", health.reason or "unhealthy"
         except (TimeoutError, BeaconError) as exc:
             ok, reason = False, str(exc) or "health check timed out"
