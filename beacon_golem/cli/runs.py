@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, get_args
@@ -17,6 +16,7 @@ from rich.table import Table
 
 from beacon_golem.cli import app
 from beacon_golem.errors import UsageError
+from beacon_golem.files import write_text_atomic
 from beacon_golem.runs.store import JobRow, ResultRow, RunRow, Store, default_db_path
 
 runs_app = typer.Typer(help="Runs recorded in the store: list, show, export; plan a suite.", no_args_is_help=True)
@@ -33,16 +33,6 @@ def _db_option() -> Any:
 def _open(db: Path | None) -> Store:
     """Open for reading only: these commands never change the database."""
     return Store(db or default_db_path(), readonly=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
 
 
 def _ts(value: Any) -> str:
@@ -235,7 +225,7 @@ def runs_export(
     if out_path is None:
         sys.stdout.write(text)
         return
-    _write_text(out_path, text)
+    write_text_atomic(out_path, text)
     typer.echo(f"wrote {len(records)} jobs of run {run.run_id} to {out_path}", err=True)
 
 
@@ -381,7 +371,7 @@ def import_jobspec_cmd(
     if out_path is None:
         sys.stdout.write(text)
         return
-    _write_text(out_path, text)
+    write_text_atomic(out_path, text)
     typer.echo(
         f"wrote {out_path}: {len(suite.questions)} questions x {len(suite.models)} models x "
         f"{len(suite.regions)} regions ({', '.join(suite.regions)}) = {suite.job_count()} jobs",
@@ -412,9 +402,9 @@ def diff(
         sys.stdout.write(markdown)
         return
     if md is not None:
-        _write_text(md, markdown)
+        write_text_atomic(md, markdown)
     if json_path is not None:
-        _write_text(json_path, report.model_dump_json(indent=2) + "\n")
+        write_text_atomic(json_path, report.model_dump_json(indent=2) + "\n")
     s = report.summary
     typer.echo(
         f"{s.questions} questions, {s.comparisons} comparisons, {len(s.disagreements)} where regions disagree"

@@ -14,7 +14,6 @@ fingerprints and probe reports given by hand (`build_matrix` over `NodeProbe`s, 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from beacon_golem.errors import BeaconError, UsageError
+from beacon_golem.errors import BeaconError
+from beacon_golem.files import write_text_atomic
 from beacon_golem.fleets.base import Fleet, FleetEvent, Node
 from beacon_golem.log import get_logger
 from beacon_golem.probe.report import ProbeReport
@@ -405,21 +405,11 @@ def render_markdown(matrix: Matrix) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 def write_matrix(matrix: Matrix, out_dir: Path) -> tuple[Path, Path]:
     """Write `matrix.md` and `matrix.json` into `out_dir`; returns their paths."""
     md, js = out_dir / "matrix.md", out_dir / "matrix.json"
-    _write(md, render_markdown(matrix))
-    _write(js, matrix.model_dump_json(indent=2) + "\n")
+    write_text_atomic(md, render_markdown(matrix))
+    write_text_atomic(js, matrix.model_dump_json(indent=2) + "\n")
     return md, js
 
 

@@ -21,7 +21,6 @@ Sections (see docs/reports.md):
 from __future__ import annotations
 
 import math
-import os
 from datetime import datetime
 from html import escape
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from beacon_golem.errors import UsageError
+from beacon_golem.files import write_text_atomic
 from beacon_golem.probe.pilot import Matrix, matrix_from_store, runtimes_text
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
 from beacon_golem.reports.differences import DifferenceReport, build_report
@@ -823,23 +822,13 @@ def render_markdown_summary(report: RunReport) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def _write(path: Path, text: str) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
-
-
 def write_run_report(store: Store, run_id: str, html_path: Path | None, md_path: Path | None = None) -> RunReport:
     """Write the HTML report and/or the Markdown summary of a run; returns what they show."""
     report = build_run_report(store, run_id)
     if html_path is not None:
-        _write(html_path, render_html(report))
+        write_text_atomic(html_path, render_html(report))
     if md_path is not None:
-        _write(md_path, render_markdown_summary(report))
+        write_text_atomic(md_path, render_markdown_summary(report))
     return report
 
 
