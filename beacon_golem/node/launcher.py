@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, SecretStr
 from beacon_golem.errors import BeaconError, UsageError
 from beacon_golem.log import get_logger
 from beacon_golem.node.tiny_model import ensure_tiny_model
-from beacon_golem.runtimes import adapter_class
+from beacon_golem.runtimes import LaunchSpec, adapter_class
 from beacon_golem.shim.app import SHIM, ShimConfig, ShimLimits, create_app
 
 log = get_logger(__name__)
@@ -58,6 +58,8 @@ class NodeConfig(BaseModel):
     region: str | None = None
     extra_info: dict[str, Any] = Field(default_factory=dict)
     limits: ShimLimits = Field(default_factory=ShimLimits)
+    #: Extra arguments for the runtime's command line (e.g. llama-server's --threads).
+    runtime_args: list[str] = Field(default_factory=list)
 
 
 class LocalNode:
@@ -110,6 +112,7 @@ class LocalNode:
             self.model_path = self.resolve_model()
             port = cfg.runtime_port or free_port()
             spec = adapter.launch(self.model_path, host="127.0.0.1", port=port, parallel=cfg.parallel)
+            spec = LaunchSpec(argv=[*spec.argv, *cfg.runtime_args], env=spec.env)
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path.open("ab")
             log.info("runtime_starting", runtime=cfg.runtime, argv=spec.argv[0], port=port)
