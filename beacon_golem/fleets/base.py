@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
-from types import TracebackType
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from beacon_golem.lifecycle import StartStop
 from beacon_golem.shim.api import NodeInfo
 
 
@@ -49,7 +49,7 @@ class FleetEvent(BaseModel):
     reason: str | None = None
 
 
-class Fleet(ABC):
+class Fleet(StartStop, ABC):
     """Base class: subclasses implement `start` and `stop`; the event plumbing is shared."""
 
     name: str = "fleet"
@@ -59,19 +59,6 @@ class Fleet(ABC):
         self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
         #: Where the fleet's progress lines go (the run stores them as events); None: logs only.
         self.progress: Callable[[str], None] | None = None
-
-    async def __aenter__(self) -> Fleet:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     @abstractmethod
     async def start(self) -> None:

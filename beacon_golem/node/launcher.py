@@ -15,13 +15,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
 
 from beacon_golem.errors import BeaconError, UsageError
+from beacon_golem.lifecycle import StartStop
 from beacon_golem.log import get_logger
 from beacon_golem.node.tiny_model import ensure_tiny_model
 from beacon_golem.runtimes import LaunchSpec, adapter_class
@@ -62,7 +62,7 @@ class NodeConfig(BaseModel):
     runtime_args: list[str] = Field(default_factory=list)
 
 
-class LocalNode:
+class LocalNode(StartStop):
     """`async with LocalNode(config) as node:` runs a node until the block ends."""
 
     def __init__(self, config: NodeConfig) -> None:
@@ -87,19 +87,6 @@ class LocalNode:
         if cfg.runtime == "llamacpp":
             return str(ensure_tiny_model(cfg.data_dir))
         raise UsageError(f"runtime {cfg.runtime} needs --model (a model name the runtime holds)")
-
-    async def __aenter__(self) -> LocalNode:
-        try:
-            await self.start()
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         cfg = self.config
