@@ -258,12 +258,13 @@ def bench(
     slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2el_ms=slo_e2el_ms)
     if fleet is not None:  # a stored run over a fleet: beacon_golem.runs.perf
         from beacon_golem.cli.bench_fleet import run_bench_fleet
+        from beacon_golem.runs.runner import golem_options
 
-        golem = {"budget": budget, "max_price_glm_per_hour": max_price_glm_per_hour, "image": image}
+        golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image)
         final = run_bench_fleet(
             fleet=fleet, nodes=nodes, node_urls=node or [], where=where, db=db, profile=chosen, prompts=spec, slo=slo,
             model=model, detailed=detailed, runtime=runtime, local_model=local_model, parallel=parallel,
-            golem={k: v for k, v in golem.items() if v is not None},
+            golem=golem,
         )  # fmt: skip
         if final.status != "done":
             raise SystemExit(1)

@@ -74,11 +74,10 @@ def run_bench_fleet(
     golem: dict[str, Any],
 ) -> RunRow:
     from beacon_golem.runs.perf import bench_fleet, perf_suite
-    from beacon_golem.runs.runner import FleetChoice, check_fleet, fleet_for_suite
+    from beacon_golem.runs.runner import FleetChoice, check_fleet, fleet_for_suite, fleet_kind
     from beacon_golem.runs.suite import PerfSection
 
-    if fleet not in ("local", "static", "golem"):
-        raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
+    fleet_kind(fleet)
     if where not in ("node", "requestor"):
         raise UsageError(f"--where {where!r}: choose node or requestor")
     if node_urls and fleet != "static":

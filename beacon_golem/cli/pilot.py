@@ -20,7 +20,7 @@ from beacon_golem.config import load_settings
 from beacon_golem.errors import UsageError
 from beacon_golem.probe.pilot import Matrix, MatrixRow, run_pilot, runtimes_text, write_matrix
 from beacon_golem.probe.render import STYLE
-from beacon_golem.runs.runner import FleetChoice, build_fleet, read_region_map
+from beacon_golem.runs.runner import FleetChoice, build_fleet, fleet_kind, golem_options
 from beacon_golem.runs.store import open_store
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
@@ -81,23 +81,21 @@ def pilot(
 ) -> None:
     """Rent or start nodes, collect each one's probe and fingerprint, and write a compatibility matrix."""
     settings = load_settings()
-    if fleet not in ("local", "static", "golem"):
-        raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
+    fleet_kind(fleet)
     if node and fleet != "static":
         raise UsageError("--node URL is for --fleet static")
     if fleet == "static" and not node:
         raise UsageError("the static fleet needs at least one --node URL")
-    golem = {
-        "image": image,
-        "budget": budget,
-        "max_price_glm_per_hour": max_price_glm_per_hour,
-        "subnet": subnet,
-        "payment_network": payment_network,
-        "cpu_only": cpu_only or None,
-        "min_vram_gib": min_vram_gib,
-        "regions": read_region_map(region_map) if region_map else None,
-    }
-    golem = {k: v for k, v in golem.items() if v is not None}
+    golem = golem_options(
+        region_map,
+        image=image,
+        budget=budget,
+        max_price_glm_per_hour=max_price_glm_per_hour,
+        subnet=subnet,
+        payment_network=payment_network,
+        cpu_only=cpu_only,
+        min_vram_gib=min_vram_gib,
+    )
     if golem and fleet != "golem":
         raise UsageError(f"--{next(iter(golem)).replace('_', '-')} is for --fleet golem")
     given = {"kind": fleet, "nodes": nodes, "node_urls": node or None, "runtime": runtime, "model": model, "golem": golem}

@@ -21,9 +21,10 @@ from beacon_golem.runs.runner import (
     dispatch_config,
     execute_run,
     fleet_for_suite,
+    fleet_kind,
+    golem_options,
     load_run_input,
     plan_run,
-    read_region_map,
 )
 from beacon_golem.runs.store import open_store
 
@@ -73,20 +74,25 @@ def run(
     settings = load_settings()
     if (suite_path is None) == (resume is None):
         raise UsageError("give a SUITE file or --resume RUN_ID (not both)")
-    if fleet is not None and fleet not in ("local", "static", "golem"):
-        raise UsageError(f"--fleet {fleet!r}: choose local, static or golem")
-    given = {"kind": fleet, "nodes": nodes, "node_urls": node or None, "runtime": runtime, "model": model, "parallel": parallel}
-    golem = {
-        "image": image,
-        "budget": budget,
-        "max_price_glm_per_hour": max_price_glm_per_hour,
-        "subnet": subnet,
-        "payment_network": payment_network,
-        "min_vram_gib": min_vram_gib,
-        "regions": read_region_map(region_map) if region_map else None,
-        "label_regions": label_regions or None,
+    golem = golem_options(
+        region_map,
+        image=image,
+        budget=budget,
+        max_price_glm_per_hour=max_price_glm_per_hour,
+        subnet=subnet,
+        payment_network=payment_network,
+        min_vram_gib=min_vram_gib,
+        label_regions=label_regions,
+    )
+    given = {
+        "kind": fleet_kind(fleet) if fleet is not None else None,
+        "nodes": nodes,
+        "node_urls": node or None,
+        "runtime": runtime,
+        "model": model,
+        "parallel": parallel,
+        "golem": golem or None,
     }
-    given["golem"] = {k: v for k, v in golem.items() if v is not None} or None
     given = {k: v for k, v in given.items() if v is not None}
     if given.get("node_urls") and "kind" not in given:
         given["kind"] = "static"

@@ -115,6 +115,20 @@ def read_region_map(path: Path) -> dict[str, str]:
     return data
 
 
+def fleet_kind(text: str) -> FleetKind:
+    """The --fleet option, checked: one line naming the choices otherwise."""
+    if text not in ("local", "static", "golem"):
+        raise UsageError(f"--fleet {text!r}: choose local, static or golem")
+    return text  # type: ignore[return-value]
+
+
+def golem_options(region_map: Path | None = None, **options: Any) -> dict[str, Any]:
+    """The --fleet golem options the user gave (None and False left out), a region map file read."""
+    if region_map is not None:
+        options["regions"] = read_region_map(region_map)
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
 GOLEM_REQUIRED = {"budget": "--budget", "max_price_glm_per_hour": "--max-price-glm-per-hour"}
 
 
