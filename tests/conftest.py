@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port
+from beacon_golem.core.net import free_port
+from beacon_golem.node.launcher import LocalNode, NodeConfig
+from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
+from beacon_golem.node.shim.app import ShimConfig, create_app
 from beacon_golem.node.tiny_model import write_tiny_model
-from beacon_golem.runtimes.llamacpp import LlamaCppAdapter
-from beacon_golem.shim.app import ShimConfig, create_app
 from tests.support import llama_server_binary, serve_app, wait_http_ok
 
 

@@ -11,9 +11,16 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from beacon_golem.runs.runner import FleetChoice, build_fleet, dispatch_config, execute_run, fleet_for_suite, plan_run
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import Suite, parse_suite
+from beacon_golem.core.suite import Suite, parse_suite
+from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.driver import (
+    FleetChoice,
+    build_fleet,
+    dispatch_config,
+    execute_run,
+    fleet_for_suite,
+    plan_run,
+)
 
 SUITE = """\
 name: perf-and-questions

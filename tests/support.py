@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from beacon_golem.errors import BeaconError
-from beacon_golem.runtimes.llamacpp import find_llama_server
+from beacon_golem.core.errors import BeaconError
+from beacon_golem.node.runtimes.llamacpp import find_llama_server
 
 
 def llama_server_binary() -> Path:

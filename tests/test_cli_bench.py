@@ -8,8 +8,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 import beacon_golem.cli.bench as bench_cli
-from beacon_golem.benchmarks.results import BenchResult
 from beacon_golem.cli import app
+from beacon_golem.core.bench import BenchResult
 
 VLLM_KEYS = (
     "date", "backend", "model_id", "num_prompts", "request_rate", "burstiness", "max_concurrency",

@@ -17,11 +17,11 @@ import pytest
 from rich.console import Console
 
 from beacon_golem.cli import main
-from beacon_golem.fleets.base import Node
-from beacon_golem.inference import GenerationResult
-from beacon_golem.runs.receipts import ReceiptSigner
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import expand_jobs, load_suite, parse_suite
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.node import Node
+from beacon_golem.core.suite import expand_jobs, load_suite, parse_suite
+from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.receipts import ReceiptSigner
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.config import install_event_loop, load_settings
-from beacon_golem.errors import UsageError
+from beacon_golem.core.config import install_event_loop, load_settings
+from beacon_golem.core.errors import UsageError
 
 
 def test_settings_come_from_beacon_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.inference import GenerationResult
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.suite import expand_jobs, parse_suite
 from beacon_golem.reports.differences import (
     REFUSAL_KEYWORDS,
     DifferenceReport,
@@ -19,8 +20,7 @@ from beacon_golem.reports.differences import (
     similarity,
     write_difference_report,
 )
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import expand_jobs, parse_suite
+from beacon_golem.requestor.store.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 8, 22, 14, 34, tzinfo=UTC)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.fleets.local import LocalFleet, LocalFleetConfig
-from beacon_golem.fleets.static import StaticFleet, StaticNodeSpec
-from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher, RunProgress, node_matches
-from beacon_golem.runs.runner import FleetChoice, plan_run
-from beacon_golem.runs.store import open_store
-from beacon_golem.runs.suite import Limits, parse_suite
+from beacon_golem.core.suite import Limits, parse_suite
+from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
+from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
+from beacon_golem.requestor.store.store import open_store
+from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher, RunProgress, node_matches
+from beacon_golem.requestor.work.driver import FleetChoice, plan_run
 from tests.support import llama_server_binary
 
 SUITE = """
@@ -162,10 +162,8 @@ async def test_a_job_that_keeps_failing_ends_failed_after_its_retries(tmp_path: 
      ("US", "vllm", "beacon-tiny", False), ("US", "any", "beacon-tiny", True), ("US", "llamacpp", "llama3", False)],
 )  # fmt: skip
 def test_node_matching(region: str, runtime: str, model: str, expected: bool) -> None:
-    from beacon_golem.fleets.base import Node
-    from beacon_golem.probe.hardware import SystemInfo
-    from beacon_golem.runs.store import JobRow
-    from beacon_golem.shim.api import NodeInfo, RuntimeInfo
+    from beacon_golem.core.node import Node, NodeInfo, RuntimeInfo, SystemInfo
+    from beacon_golem.requestor.store.store import JobRow
 
     info = NodeInfo(
         shim_version="0",

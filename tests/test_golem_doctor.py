@@ -13,8 +13,8 @@ from aiohttp import web
 from typer.testing import CliRunner
 
 from beacon_golem.cli import _register, app
-from beacon_golem.fleets.golem.doctor import run_doctor
-from beacon_golem.node.launcher import free_port
+from beacon_golem.core.net import free_port
+from beacon_golem.requestor.fleets.golem.doctor import run_doctor
 
 KEY = "appkey-abcdef0123456789"
 HOLESKY = {

@@ -25,14 +25,14 @@ from yapapi.rest.market import Agreement, AgreementDetails
 from yapapi.services import ServiceState
 from yapapi.strategy import DecreaseScoreForUnconfirmedAgreement
 
-from beacon_golem.errors import BeaconError
-from beacon_golem.fleets.base import FleetEvent
-from beacon_golem.fleets.golem import GolemFleet, GolemFleetConfig
-from beacon_golem.fleets.golem.payload import GpuVmPayload, ImageRef
-from beacon_golem.fleets.golem.records import AgreementRow, DebitNoteRow, InvoiceRow, NodeCostRow
-from beacon_golem.fleets.golem.service import BeaconNodeService
-from beacon_golem.fleets.golem.strategy import GpuMarketStrategy
-from beacon_golem.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.errors import BeaconError
+from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.requestor.fleets.base import FleetEvent
+from beacon_golem.requestor.fleets.golem import GolemFleet, GolemFleetConfig
+from beacon_golem.requestor.fleets.golem.payload import GpuVmPayload, ImageRef
+from beacon_golem.requestor.fleets.golem.records import AgreementRow, DebitNoteRow, InvoiceRow, NodeCostRow
+from beacon_golem.requestor.fleets.golem.service import BeaconNodeService
+from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy
 from tests.test_golem_strategy import multi_gpu, single_gpu
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -582,9 +582,9 @@ class FakeVpnEndpoint:
 
 
 async def test_socket_tunnel_reaches_one_instance_streaming_included() -> None:
-    from beacon_golem.fleets.golem.fleet import SocketTunnel
-    from beacon_golem.fleets.golem.service import NodeSpec
-    from beacon_golem.shim.client import ShimClient
+    from beacon_golem.api.client import ShimClient
+    from beacon_golem.requestor.fleets.golem.fleet import SocketTunnel
+    from beacon_golem.requestor.fleets.golem.service import NodeSpec
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 from yapapi.props.builder import DemandBuilder
 
-from beacon_golem.errors import BeaconError, UsageError
-from beacon_golem.fleets.golem.config import GolemFleetConfig
-from beacon_golem.fleets.golem.payload import (
+from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
+from beacon_golem.requestor.fleets.golem.payload import (
     GPU_CONSTRAINT,
     GpuVmPayload,
     ImageRef,
@@ -18,7 +18,7 @@ from beacon_golem.fleets.golem.payload import (
     demand_for,
     offline_resolver,
 )
-from beacon_golem.fleets.golem.strategy import GpuMarketStrategy, OfferCriteria
+from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy, OfferCriteria
 
 HASH = "0123456789abcdef0123456789abcdef0123456789abcdef01234567"
 

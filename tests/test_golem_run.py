@@ -20,12 +20,12 @@ from unittest import mock
 import pytest
 from yapapi import events
 
-from beacon_golem.errors import UsageError
-from beacon_golem.fleets.golem import GolemFleet, GolemFleetConfig, ProviderRecord
-from beacon_golem.runs.dispatcher import DispatchConfig, Dispatcher
-from beacon_golem.runs.runner import FleetChoice, execute_run, golem_fleet, plan_run
-from beacon_golem.runs.store import RunRow, Store, open_store
-from beacon_golem.runs.suite import Suite, parse_suite
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.suite import Suite, parse_suite
+from beacon_golem.requestor.fleets.golem import GolemFleet, GolemFleetConfig, ProviderRecord
+from beacon_golem.requestor.store.store import RunRow, Store, open_store
+from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher
+from beacon_golem.requestor.work.driver import FleetChoice, execute_run, golem_fleet, plan_run
 from tests.test_golem_fleet import (
     FakeGolem,
     FakeShim,

@@ -17,7 +17,7 @@ from yapapi.ctx import WorkContext
 from yapapi.rest.activity import CommandExecutionError
 from yapapi.script import Script
 
-from beacon_golem.fleets.golem.service import (
+from beacon_golem.requestor.fleets.golem.service import (
     HEALTH,
     LOG_TAIL,
     START_NODE,

@@ -17,9 +17,9 @@ from yapapi.props import com
 from yapapi.rest.market import OfferProposal
 from yapapi.strategy import SCORE_REJECTED
 
-from beacon_golem.fleets.golem.gpu import cuda_for_driver, read_gpu
-from beacon_golem.fleets.golem.records import ProviderRecord
-from beacon_golem.fleets.golem.strategy import (
+from beacon_golem.requestor.fleets.golem.gpu import cuda_for_driver, read_gpu
+from beacon_golem.requestor.fleets.golem.records import ProviderRecord
+from beacon_golem.requestor.fleets.golem.strategy import (
     GpuMarketStrategy,
     OfferCriteria,
     offer_score,

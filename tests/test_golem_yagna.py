@@ -29,10 +29,10 @@ from yapapi.props.builder import DemandBuilder
 from yapapi.rest import Configuration
 from yapapi.rest.market import Market
 
-from beacon_golem.fleets.golem.config import GolemFleetConfig
-from beacon_golem.fleets.golem.doctor import run_doctor
-from beacon_golem.fleets.golem.payload import GPU_CONSTRAINT, build_payload
-from beacon_golem.fleets.golem.strategy import GpuMarketStrategy, OfferCriteria
+from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
+from beacon_golem.requestor.fleets.golem.doctor import run_doctor
+from beacon_golem.requestor.fleets.golem.payload import GPU_CONSTRAINT, build_payload
+from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy, OfferCriteria
 
 pytestmark = pytest.mark.yagna
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import dockerfile
 import pytest
 
-from beacon_golem.errors import BeaconError, UsageError
-from beacon_golem.images import lookup_image
-from beacon_golem.images.build import stage_model
-from beacon_golem.images.commands import PLATFORM, docker_build_argv, gvmkit_build_argv, gvmkit_push_argv
-from beacon_golem.images.gvmi import GvmiFile, sha3_224_file
-from beacon_golem.images.lock import ImageLock, ImageLockEntry, load_lock, new_entry, record_image, save_lock
-from beacon_golem.images.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, slug
-from beacon_golem.images.spec import dockerfile as dockerfile_path
+from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.imaging import lookup_image
+from beacon_golem.imaging.build import stage_model
+from beacon_golem.imaging.commands import PLATFORM, docker_build_argv, gvmkit_build_argv, gvmkit_push_argv
+from beacon_golem.imaging.gvmi import GvmiFile, sha3_224_file
+from beacon_golem.imaging.lock import ImageLock, ImageLockEntry, load_lock, new_entry, record_image, save_lock
+from beacon_golem.imaging.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, slug
+from beacon_golem.imaging.spec import dockerfile as dockerfile_path
 
 ROOT = Path(__file__).resolve().parents[1]
 HASH_A = hashlib.sha3_224(b"a").hexdigest()
@@ -127,8 +127,11 @@ def test_image_copies_the_start_script_and_installs_the_package(runtime: str) ->
     assert ((("--chmod=755",), ("vm_images/common/start-node.sh", "/opt/beacon/start-node.sh"))) in copies
     assert ((), ("pyproject.toml", "/opt/beacon/src/")) in copies
     assert ((), ("beacon_golem", "/opt/beacon/src/beacon_golem")) in copies
+    assert ((("--chmod=755",), ("vm_images/common/install-beacon.sh", "/opt/beacon/install-beacon.sh"))) in copies
     runs = " ".join(joined(final, "RUN"))
-    assert "pip install --no-cache-dir ." in runs
+    # One install step for every image: the shared script, which pip-installs the copied package.
+    assert "/opt/beacon/install-beacon.sh " in runs
+    assert "pip install --no-cache-dir ." in (ROOT / "vm_images/common/install-beacon.sh").read_text()
     for flags, value in copies:
         if not any(f.startswith("--from") for f in flags):
             assert (ROOT / value[0]).exists(), f"COPY source {value[0]} is not in the repository"
@@ -143,7 +146,7 @@ def test_model_can_be_baked_in_at_build_time(runtime: str) -> None:
     assert env_of(final)["BEACON_BAKED_MODEL"] == "${BEACON_MODEL}"
     # The bake step runs before the package is installed, so code changes do not re-pull models.
     index = final.index(bake[0])
-    install = next(i for i, c in enumerate(final) if c.cmd == "RUN" and "pip install" in c.value[0])
+    install = next(i for i, c in enumerate(final) if c.cmd == "RUN" and "install-beacon.sh" in c.value[0])
     assert index < install
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.errors import UsageError
-from beacon_golem.runs.jobspec import import_jobspec, normalize_region, parse_duration_s
-from beacon_golem.runs.suite import expand_jobs
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.suite import expand_jobs
+from beacon_golem.requestor.work.beacon_import import import_jobspec, normalize_region, parse_duration_s
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -17,7 +17,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beacon_golem.benchmarks import (
+from beacon_golem.node.launcher import LocalNode
+from beacon_golem.node.loadgen import (
     ConcurrencyProfile,
     OverloadPolicy,
     PoissonProfile,
@@ -27,8 +28,7 @@ from beacon_golem.benchmarks import (
     Target,
     run_bench,
 )
-from beacon_golem.benchmarks.prompts import LlamaServerTokenizer, random_prompts
-from beacon_golem.node.launcher import LocalNode
+from beacon_golem.node.loadgen.prompts import LlamaServerTokenizer, random_prompts
 
 
 class SlotWatcher:

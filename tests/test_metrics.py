@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from beacon_golem.benchmarks.metrics import (
+from beacon_golem.core.metrics import (
     SLO,
     RequestRecord,
     aggregate,
@@ -17,8 +17,8 @@ from beacon_golem.benchmarks.metrics import (
     summarize,
     vllm_keys,
 )
-from beacon_golem.benchmarks.profiles import DEFAULT_SWEEP, PoissonProfile, RateProfile, SweepProfile
-from beacon_golem.benchmarks.servermetrics import cross_check, discrepancy_pct, parse_prometheus
+from beacon_golem.core.profiles import DEFAULT_SWEEP, PoissonProfile, RateProfile, SweepProfile
+from beacon_golem.node.loadgen.servermetrics import cross_check, discrepancy_pct, parse_prometheus
 
 # The keys `vllm bench serve --save-result` writes that tools read (docs/benchmarks.md).
 VLLM_RESULT_KEYS = [
@@ -184,7 +184,7 @@ def test_prometheus_parse_and_cross_check() -> None:
         r.server_prompt_tokens = 17 if r.ok else None
 
     class Reader:
-        from beacon_golem.benchmarks.servermetrics import LLAMACPP as names
+        from beacon_golem.node.loadgen.servermetrics import LLAMACPP as names
 
         url = "http://x/metrics"
         reason = None

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from beacon_golem.node.launcher import free_port
+from beacon_golem.core.net import free_port
 from beacon_golem.node.tiny_model import file_sha256
 from tests.support import llama_server_binary, wait_http_ok
 

@@ -19,15 +19,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.errors import UsageError
-from beacon_golem.fleets.base import Fleet, Node
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.runs.perf import perf_job_for, run_suite_perf
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import dump_suite_yaml, parse_suite
-from beacon_golem.shim.api import JobSpec, PerfJob
-from beacon_golem.shim.app import ShimConfig, create_app
-from beacon_golem.shim.client import ShimClient
+from beacon_golem.api.bodies import JobSpec, PerfJob
+from beacon_golem.api.client import ShimClient
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.node import Node
+from beacon_golem.core.suite import dump_suite_yaml, parse_suite
+from beacon_golem.node.shim.app import ShimConfig, create_app
+from beacon_golem.requestor.fleets.base import Fleet
+from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.perf_phase import perf_job_for, run_suite_perf
 from tests.perf_support import PerfRun
 from tests.support import llama_server_binary, serve_app
 
@@ -203,7 +204,7 @@ class OneDeadNode(Fleet):
     name = "static"
 
     async def start(self) -> None:
-        from beacon_golem.node.launcher import free_port
+        from beacon_golem.core.net import free_port
 
         self.add_node(Node(node_id="dead", url=f"http://127.0.0.1:{free_port()}", region="US", fleet="static"))
 

@@ -21,17 +21,16 @@ from pathlib import Path
 from aiohttp import web
 from typer.testing import CliRunner
 
-from beacon_golem.fleets.base import Node
-from beacon_golem.fleets.static import StaticFleet, StaticNodeSpec
-from beacon_golem.probe.docker import DockerInfo
-from beacon_golem.probe.facts import MachineFacts
-from beacon_golem.probe.hardware import GPUInfo, NvidiaInfo, SystemInfo
-from beacon_golem.probe.pilot import Matrix, NodeProbe, build_matrix, matrix_from_store, render_markdown, run_pilot
-from beacon_golem.probe.report import ProbeReport, evaluate
-from beacon_golem.probe.system import KvmInfo, LibcInfo, OsRelease
-from beacon_golem.runs.store import SCHEMA_VERSION, Store
-from beacon_golem.runs.suite import expand_jobs, parse_suite
-from beacon_golem.shim.api import NodeInfo, RuntimeInfo
+from beacon_golem.core.matrix import Matrix, NodeProbe, build_matrix
+from beacon_golem.core.node import GPUInfo, Node, NodeInfo, RuntimeInfo, SystemInfo
+from beacon_golem.core.probe import DockerInfo, KvmInfo, LibcInfo, MachineFacts, NvidiaInfo, OsRelease, ProbeReport
+from beacon_golem.core.suite import expand_jobs, parse_suite
+from beacon_golem.node.probe.report import evaluate
+from beacon_golem.reports.matrix import render_markdown
+from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
+from beacon_golem.requestor.store.matrix import matrix_from_store
+from beacon_golem.requestor.store.store import SCHEMA_VERSION, Store
+from beacon_golem.requestor.work.pilot import run_pilot
 from tests.support import llama_server_binary, serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -246,7 +245,7 @@ async def test_pilot_keeps_going_when_probes_fail_and_stores_why(tmp_path: Path)
 
 # ---- the pilot over a Golem fleet (the Golem side faked at the yapapi boundary, as in test_golem_fleet) --
 async def test_pilot_over_a_golem_fleet_probes_each_provider_and_keeps_its_cost(tmp_path: Path) -> None:
-    from beacon_golem.fleets.golem import GolemFleet
+    from beacon_golem.requestor.fleets.golem import GolemFleet
     from tests.test_golem_fleet import FakeGolem, FakeShim, Market, make_config, no_registry
     from tests.test_golem_strategy import single_gpu
 

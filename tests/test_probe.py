@@ -18,12 +18,19 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.probe.checks import CheckResult, run_checks
-from beacon_golem.probe.docker import DockerInfo
-from beacon_golem.probe.facts import MachineFacts
-from beacon_golem.probe.hardware import (
-    GPUInfo,
+from beacon_golem.core.node import GPUInfo
+from beacon_golem.core.probe import (
+    CheckResult,
+    DockerInfo,
+    KvmInfo,
+    LibcInfo,
+    MachineFacts,
     NvidiaInfo,
+    OsRelease,
+    ProbeReport,
+)
+from beacon_golem.node.probe.checks import run_checks
+from beacon_golem.node.probe.hardware import (
     parse_cuda_version,
     parse_driver_version,
     parse_nvidia_smi_csv,
@@ -31,18 +38,10 @@ from beacon_golem.probe.hardware import (
     read_nvidia,
     version_at_least,
 )
-from beacon_golem.probe.network import check_outbound
-from beacon_golem.probe.report import ProbeReport, cached_probe, evaluate, run_probe
-from beacon_golem.probe.system import (
-    KvmInfo,
-    LibcInfo,
-    OsRelease,
-    count_iommu_groups,
-    read_cgroup_version,
-    read_kvm,
-    read_os_release,
-)
-from beacon_golem.shim.app import ShimConfig, create_app
+from beacon_golem.node.probe.network import check_outbound
+from beacon_golem.node.probe.report import cached_probe, evaluate, run_probe
+from beacon_golem.node.probe.system import count_iommu_groups, read_cgroup_version, read_kvm, read_os_release
+from beacon_golem.node.shim.app import ShimConfig, create_app
 from tests.support import serve_app
 
 DATA = Path(__file__).parent / "data" / "nvidia_smi"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.errors import BeaconError
-from beacon_golem.fleets.base import Node
-from beacon_golem.inference import GenerationResult
-from beacon_golem.probe.hardware import GPUInfo, SystemInfo
-from beacon_golem.runs.receipts import (
+from beacon_golem.core.errors import BeaconError
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.node import GPUInfo, Node, NodeInfo, RuntimeInfo, SystemInfo
+from beacon_golem.core.suite import expand_jobs, parse_suite
+from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.receipts import (
     ReceiptSigner,
     local_public_key,
     percentile,
@@ -27,9 +28,6 @@ from beacon_golem.runs.receipts import (
     verify_receipt,
     verify_run,
 )
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import expand_jobs, parse_suite
-from beacon_golem.shim.api import NodeInfo, RuntimeInfo
 
 SUITE = """\
 name: receipts-test

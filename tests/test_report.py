@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from beacon_golem.errors import UsageError
-from beacon_golem.inference import GenerationResult
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.suite import expand_jobs, parse_suite
 from beacon_golem.reports.charts import ChartSpec, Series, line_chart, nice_ticks
 from beacon_golem.reports.html import build_run_report, render_html, render_markdown_summary
-from beacon_golem.runs.store import Store
-from beacon_golem.runs.suite import expand_jobs, parse_suite
+from beacon_golem.requestor.store.store import Store
 from tests.perf_support import PerfRun
 
 SECTIONS = ("summary", "throughput", "latency", "benchmarks", "differences", "fingerprints", "cost")

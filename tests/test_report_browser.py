@@ -26,7 +26,7 @@ import aiohttp
 import pytest
 
 from beacon_golem.reports.html import write_run_report
-from beacon_golem.runs.store import Store
+from beacon_golem.requestor.store.store import Store
 from tests.perf_support import PerfRun
 
 FLAGS = (

@@ -17,11 +17,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.errors import BadUpstream, RuntimeUnavailable, UpstreamError
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.node.launcher import free_port
-from beacon_golem.runtimes import adapter_class
-from beacon_golem.runtimes.ollama import OllamaAdapter, ns_to_ms
+from beacon_golem.core.errors import BadUpstream, RuntimeUnavailable, UpstreamError
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.net import free_port
+from beacon_golem.node.runtimes import adapter_class
+from beacon_golem.node.runtimes.ollama import OllamaAdapter, ns_to_ms
 from tests.fakes.ollama import DOC_DURATIONS_NS, DOC_PROMPT_EVAL_COUNT, FakeOllama
 from tests.fakes.shim import read_sse, running_shim
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.errors import BadUpstream, RuntimeUnavailable, UpstreamError
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.node.launcher import free_port
-from beacon_golem.runtimes import adapter_class
-from beacon_golem.runtimes.vllm import VLLMAdapter
+from beacon_golem.core.errors import BadUpstream, RuntimeUnavailable, UpstreamError
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.net import free_port
+from beacon_golem.node.runtimes import adapter_class
+from beacon_golem.node.runtimes.vllm import VLLMAdapter
 from tests.fakes.shim import read_sse, running_shim
 from tests.fakes.vllm import VERSION, FakeVLLM
 

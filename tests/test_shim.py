@@ -13,12 +13,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.node.launcher import free_port
-from beacon_golem.runtimes.llamacpp import LlamaCppAdapter
-from beacon_golem.shim.api import JobSpec
-from beacon_golem.shim.app import ShimConfig, ShimLimits, create_app
-from beacon_golem.shim.client import ShimClient, ShimError
+from beacon_golem.api.bodies import JobSpec
+from beacon_golem.api.client import ShimClient, ShimError
+from beacon_golem.core.config import ShimLimits
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.net import free_port
+from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
+from beacon_golem.node.shim.app import ShimConfig, create_app
 from tests.support import llama_server_binary, serve_app
 
 PROMPT = {"prompt": "Who governs Taiwan?", "max_tokens": 24, "ignore_eos": True, "temperature": 0}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.images.models import EXIT_MISSING, Layout, main, ollama_manifest, prepare
-from beacon_golem.node.launcher import free_port
+from beacon_golem.core.net import free_port
+from beacon_golem.node.prepare_model import EXIT_MISSING, Layout, main, ollama_manifest, prepare
 from beacon_golem.node.tiny_model import write_tiny_model
 from tests.support import llama_server_binary
 
@@ -219,7 +219,7 @@ FAKE_OLLAMA = '''#!{python}
 import os, sys, urllib.request, http.server
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from beacon_golem.images.models import ollama_manifest
+from beacon_golem.node.prepare_model import ollama_manifest
 store = Path(os.environ["OLLAMA_MODELS"])
 host = os.environ["OLLAMA_HOST"]
 cmd = sys.argv[1:]
@@ -284,7 +284,7 @@ def install(dirs: Dirs, name: str, body: str) -> None:
 
 def shell_exports(dirs: Dirs, *args: str, **env: str) -> tuple[int, dict[str, str], str]:
     done = subprocess.run(
-        [sys.executable, "-m", "beacon_golem.images.models", "--shell", *args],
+        [sys.executable, "-m", "beacon_golem.node.prepare_model", "--shell", *args],
         env=dirs.env(**env), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     exports = {}

@@ -12,13 +12,11 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from beacon_golem.errors import BeaconError, UsageError
-from beacon_golem.fleets.base import Node
-from beacon_golem.inference import GenerationResult
-from beacon_golem.probe.hardware import GPUInfo, SystemInfo
-from beacon_golem.runs.store import SCHEMA_VERSION, Store, default_db_path
-from beacon_golem.runs.suite import expand_jobs, parse_suite
-from beacon_golem.shim.api import NodeInfo, RuntimeInfo
+from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.node import GPUInfo, Node, NodeInfo, RuntimeInfo, SystemInfo
+from beacon_golem.core.suite import expand_jobs, parse_suite
+from beacon_golem.requestor.store.store import SCHEMA_VERSION, Store, default_db_path
 
 SUITE = """\
 name: store-test
@@ -448,7 +446,7 @@ def test_a_schema_1_file_migrates_in_place_and_keeps_every_row(tmp_path: Path, s
 
 
 def test_bench_results_round_trip_and_are_never_deleted(store: Store, suite) -> None:  # type: ignore[no-untyped-def]
-    from beacon_golem.benchmarks.profiles import SweepProfile
+    from beacon_golem.core.profiles import SweepProfile
 
     run = store.create_run(suite, None, expand_jobs(suite), None)
     profile = SweepProfile(concurrencies=[1, 2], num_prompts=4)

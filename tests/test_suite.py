@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from beacon_golem.errors import UsageError
-from beacon_golem.runs.suite import (
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.suite import (
     Limits,
     dump_suite_yaml,
     expand_jobs,

@@ -31,10 +31,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.errors import UpstreamError
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.node.launcher import free_port
-from beacon_golem.runtimes.vllm import VLLMAdapter
+from beacon_golem.core.errors import UpstreamError
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.net import free_port
+from beacon_golem.node.runtimes.vllm import VLLMAdapter
 from tests.fakes.shim import read_sse, running_shim
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]

@@ -7,8 +7,8 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from beacon_golem.errors import BeaconError, one_line
-from beacon_golem.log import configure_logging
+from beacon_golem.core.errors import BeaconError, one_line
+from beacon_golem.core.log import configure_logging
 
 app = typer.Typer(
     name="beacon",

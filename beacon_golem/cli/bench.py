@@ -14,9 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from beacon_golem.benchmarks.loadgen import ProgressEvent
-from beacon_golem.benchmarks.metrics import SLO
-from beacon_golem.benchmarks.profiles import (
+from beacon_golem.cli import app, fail
+from beacon_golem.core.bench import BenchResult, PromptSpec, StepResult
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.metrics import SLO
+from beacon_golem.core.profiles import (
     DEFAULT_SWEEP,
     PROFILE_KINDS,
     ConcurrencyProfile,
@@ -27,14 +30,10 @@ from beacon_golem.benchmarks.profiles import (
     SweepProfile,
     SynchronousProfile,
 )
-from beacon_golem.benchmarks.prompts import PromptSpec
-from beacon_golem.benchmarks.results import BenchResult, StepResult
-from beacon_golem.benchmarks.runner import run_bench
-from beacon_golem.benchmarks.target import Target
-from beacon_golem.cli import app, fail
-from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError
-from beacon_golem.runtimes import RUNTIME_NAMES
+from beacon_golem.node.loadgen.generator import ProgressEvent
+from beacon_golem.node.loadgen.run_bench import run_bench
+from beacon_golem.node.loadgen.target import Target
+from beacon_golem.node.runtimes import RUNTIME_NAMES
 
 out = Console()
 err = Console(stderr=True)
@@ -256,9 +255,9 @@ def bench(
         temperature=temperature,
     )
     slo = SLO(ttft_ms=slo_ttft_ms, tpot_ms=slo_tpot_ms, e2el_ms=slo_e2el_ms)
-    if fleet is not None:  # a stored run over a fleet: beacon_golem.runs.perf
+    if fleet is not None:  # a stored run over a fleet: beacon_golem.requestor.work.perf_phase
         from beacon_golem.cli.bench_fleet import run_bench_fleet
-        from beacon_golem.runs.runner import golem_options
+        from beacon_golem.requestor.work.driver import golem_options
 
         golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image)
         final = run_bench_fleet(
@@ -272,7 +271,8 @@ def bench(
     token = settings.shim_token
 
     async def go() -> BenchResult:
-        from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port
+        from beacon_golem.core.net import free_port
+        from beacon_golem.node.launcher import LocalNode, NodeConfig
 
         node: LocalNode | None = None
         target_url = url

@@ -1,7 +1,7 @@
 """`beacon bench --fleet local|static|golem`: benchmark every node of a fleet as a stored run.
 
 Called by `beacon bench` (cli/bench.py) with the profile, prompts and SLOs it parsed; the
-work is `beacon_golem.runs.perf.bench_fleet`. Prints the run id at once, a line per node as
+work is `beacon_golem.requestor.work.perf_phase.bench_fleet`. Prints the run id at once, a line per node as
 its benchmark starts and ends, then one table row per node and step.
 """
 
@@ -16,13 +16,13 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from beacon_golem.benchmarks.metrics import SLO
-from beacon_golem.benchmarks.profiles import Profile
-from beacon_golem.benchmarks.prompts import PromptSpec
-from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError, one_line
-from beacon_golem.fleets.static import StaticNodeSpec
-from beacon_golem.runs.store import BenchResultRow, RunRow, open_store
+from beacon_golem.core.bench import PromptSpec
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError, one_line
+from beacon_golem.core.metrics import SLO
+from beacon_golem.core.profiles import Profile
+from beacon_golem.requestor.fleets.static import StaticNodeSpec
+from beacon_golem.requestor.store.store import BenchResultRow, RunRow, open_store
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)
@@ -73,9 +73,9 @@ def run_bench_fleet(
     parallel: int | None,
     golem: dict[str, Any],
 ) -> RunRow:
-    from beacon_golem.runs.perf import bench_fleet, perf_suite
-    from beacon_golem.runs.runner import FleetChoice, check_fleet, fleet_for_suite, fleet_kind
-    from beacon_golem.runs.suite import PerfSection
+    from beacon_golem.core.suite import PerfSection
+    from beacon_golem.requestor.work.driver import FleetChoice, bench_fleet, check_fleet, fleet_for_suite, fleet_kind
+    from beacon_golem.requestor.work.perf_phase import perf_suite
 
     fleet_kind(fleet)
     if where not in ("node", "requestor"):

@@ -8,7 +8,7 @@ from decimal import Decimal
 import typer
 
 from beacon_golem.cli import app
-from beacon_golem.fleets.golem.doctor import run_doctor
+from beacon_golem.requestor.fleets.golem.doctor import run_doctor
 
 golem_app = typer.Typer(help="Golem Network: rent GPU providers.", no_args_is_help=True)
 app.add_typer(golem_app, name="golem")

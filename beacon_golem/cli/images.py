@@ -8,12 +8,12 @@ import typer
 from rich.console import Console
 
 from beacon_golem.cli import app
-from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError
-from beacon_golem.images.build import build_image, find_built, push_image
-from beacon_golem.images.gvmi import human_size
-from beacon_golem.images.lock import default_lock_path
-from beacon_golem.images.spec import IMAGE_RUNTIMES
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError
+from beacon_golem.imaging.build import build_image, find_built, push_image
+from beacon_golem.imaging.gvmi import human_size
+from beacon_golem.imaging.lock import default_lock_path
+from beacon_golem.imaging.spec import IMAGE_RUNTIMES
 
 image_app = typer.Typer(help="Build and push the Golem VM images (one per runtime).", no_args_is_help=True)
 app.add_typer(image_app, name="image")

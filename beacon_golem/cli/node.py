@@ -10,14 +10,15 @@ import typer
 from aiohttp import web
 from rich.console import Console
 
+from beacon_golem.api.client import ShimClient
 from beacon_golem.cli import app
-from beacon_golem.config import install_event_loop, load_settings
-from beacon_golem.inference import GenerationRequest
-from beacon_golem.node.launcher import LocalNode, NodeConfig, free_port, serve_node
+from beacon_golem.core.config import install_event_loop, load_settings
+from beacon_golem.core.inference import GenerationRequest
+from beacon_golem.core.net import free_port
+from beacon_golem.node.launcher import LocalNode, NodeConfig, serve_node
+from beacon_golem.node.runtimes import RUNTIME_NAMES, adapter_class
+from beacon_golem.node.shim.app import ShimConfig, create_app
 from beacon_golem.node.tiny_model import DEFAULT_SEED, file_sha256, write_tiny_model
-from beacon_golem.runtimes import RUNTIME_NAMES, adapter_class
-from beacon_golem.shim.app import ShimConfig, create_app
-from beacon_golem.shim.client import ShimClient
 
 node_app = typer.Typer(help="Run a node (runtime + shim) on this machine.", no_args_is_help=True)
 models_app = typer.Typer(help="Models for the embedded default.", no_args_is_help=True)

@@ -1,6 +1,6 @@
 """`beacon pilot --fleet local|static|golem`: probe every node of a fleet; a compatibility matrix.
 
-The work is `beacon_golem.probe.pilot.run_pilot`. Prints the run id at once, a line per node as
+The work is `beacon_golem.requestor.work.pilot.run_pilot`. Prints the run id at once, a line per node as
 its probe comes back, then the matrix as a table, and writes matrix.md and matrix.json.
 """
 
@@ -16,12 +16,14 @@ from rich.table import Table
 from rich.text import Text
 
 from beacon_golem.cli import app
-from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError
-from beacon_golem.probe.pilot import Matrix, MatrixRow, run_pilot, runtimes_text, write_matrix
-from beacon_golem.probe.render import STYLE
-from beacon_golem.runs.runner import FleetChoice, build_fleet, fleet_kind, golem_options
-from beacon_golem.runs.store import open_store
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.matrix import Matrix, MatrixRow
+from beacon_golem.node.probe.render import STYLE
+from beacon_golem.reports.matrix import runtimes_text, write_matrix
+from beacon_golem.requestor.store.store import open_store
+from beacon_golem.requestor.work.driver import FleetChoice, build_fleet, fleet_kind, golem_options
+from beacon_golem.requestor.work.pilot import run_pilot
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

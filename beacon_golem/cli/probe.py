@@ -9,8 +9,8 @@ import typer
 from rich.console import Console
 
 from beacon_golem.cli import app
-from beacon_golem.probe.render import print_report
-from beacon_golem.probe.report import run_probe
+from beacon_golem.node.probe.render import print_report
+from beacon_golem.node.probe.report import run_probe
 
 
 @app.command("probe")
@@ -30,7 +30,8 @@ def probe(
     if matrix is not None:  # one row; `beacon pilot` writes the same for every node of a fleet
         import platform
 
-        from beacon_golem.probe.pilot import NodeProbe, build_matrix, write_matrix
+        from beacon_golem.core.matrix import NodeProbe, build_matrix
+        from beacon_golem.reports.matrix import write_matrix
 
         row = NodeProbe(node_id=platform.node() or "this-machine", fleet="local", probe=report)
         md, js = write_matrix(build_matrix([row], fleet="local"), matrix)

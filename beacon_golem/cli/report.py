@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from beacon_golem.cli import app
-from beacon_golem.errors import UsageError
-from beacon_golem.runs.store import Store, default_db_path
+from beacon_golem.core.errors import UsageError
+from beacon_golem.requestor.store.store import Store, default_db_path
 
 
 @app.command("report")

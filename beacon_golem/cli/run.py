@@ -11,10 +11,11 @@ from rich.live import Live
 from rich.table import Table
 
 from beacon_golem.cli import app
-from beacon_golem.config import load_settings
-from beacon_golem.errors import UsageError
-from beacon_golem.runs.dispatcher import RunProgress
-from beacon_golem.runs.runner import (
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError
+from beacon_golem.requestor.store.store import open_store
+from beacon_golem.requestor.work.dispatcher import RunProgress
+from beacon_golem.requestor.work.driver import (
     FleetChoice,
     build_fleet,
     check_fleet,
@@ -26,7 +27,6 @@ from beacon_golem.runs.runner import (
     load_run_input,
     plan_run,
 )
-from beacon_golem.runs.store import open_store
 
 console = Console(stderr=True)
 out = Console(soft_wrap=True)
@@ -115,7 +115,7 @@ def run(
         suite = record.suite
     out.print(f"run {record.run_id}  ({record.total_jobs} jobs, store {store.path})")
 
-    from beacon_golem.runs.receipts import receipt_issuer
+    from beacon_golem.requestor.work.receipts import receipt_issuer
 
     receipts = receipt_issuer(settings.data_dir, record)
     live = Live(progress_view(RunProgress(total=record.total_jobs)), console=console, refresh_per_second=4, transient=False)

@@ -15,9 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from beacon_golem.cli import app
-from beacon_golem.errors import UsageError
-from beacon_golem.files import write_text_atomic
-from beacon_golem.runs.store import JobRow, ResultRow, RunRow, Store, default_db_path
+from beacon_golem.core.errors import UsageError
+from beacon_golem.core.files import write_text_atomic
+from beacon_golem.requestor.store.store import JobRow, ResultRow, RunRow, Store, default_db_path
 
 runs_app = typer.Typer(help="Runs recorded in the store: list, show, export; plan a suite.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
@@ -235,7 +235,7 @@ def runs_plan(
     show_jobs: bool = typer.Option(False, "--jobs", help="List every planned job"),
 ) -> None:
     """Check a suite file and show the jobs a run of it would plan (touches no database)."""
-    from beacon_golem.runs.suite import expand_jobs, load_suite
+    from beacon_golem.core.suite import expand_jobs, load_suite
 
     suite = load_suite(suite_file)
     jobs = expand_jobs(suite)
@@ -260,7 +260,7 @@ def runs_plan(
 
 def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
     """(label, envelope, text, result_json) for a receipt file or a `runs export` JSONL file."""
-    from beacon_golem.runs.suite import read_text_file
+    from beacon_golem.core.suite import read_text_file
 
     raw = read_text_file(path)
     try:
@@ -302,8 +302,8 @@ def verify(
     db: Path = _db_option(),
 ) -> None:
     """Check results against their signed receipts; exit 1 with one line per altered item."""
-    from beacon_golem.runs.receipts import local_public_key, read_public_key, verify_receipt, verify_run
-    from beacon_golem.runs.suite import read_text_file
+    from beacon_golem.core.suite import read_text_file
+    from beacon_golem.requestor.work.receipts import local_public_key, read_public_key, verify_receipt, verify_run
 
     if (run_id is None) == (receipt is None):
         raise UsageError("give a RUN_ID or --receipt FILE (one of them)")
@@ -357,8 +357,8 @@ def import_jobspec_cmd(
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists"),
 ) -> None:
     """Turn a Project Beacon JobSpec into a suite file for `beacon run`."""
-    from beacon_golem.runs.jobspec import import_jobspec
-    from beacon_golem.runs.suite import RuntimeName, dump_suite_yaml
+    from beacon_golem.core.suite import RuntimeName, dump_suite_yaml
+    from beacon_golem.requestor.work.beacon_import import import_jobspec
 
     allowed = get_args(RuntimeName)
     if runtime is not None and runtime not in allowed:

@@ -11,7 +11,6 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -20,12 +19,14 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
 
-from beacon_golem.errors import BeaconError, UsageError
-from beacon_golem.lifecycle import StartStop
-from beacon_golem.log import get_logger
+from beacon_golem.core.config import ShimLimits
+from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.core.lifecycle import StartStop
+from beacon_golem.core.log import get_logger
+from beacon_golem.core.net import free_port
+from beacon_golem.node.runtimes import LaunchSpec, adapter_class
+from beacon_golem.node.shim.app import SHIM, ShimConfig, create_app
 from beacon_golem.node.tiny_model import ensure_tiny_model
-from beacon_golem.runtimes import LaunchSpec, adapter_class
-from beacon_golem.shim.app import SHIM, ShimConfig, ShimLimits, create_app
 
 log = get_logger(__name__)
 
@@ -37,10 +38,6 @@ def die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class NodeConfig(BaseModel):

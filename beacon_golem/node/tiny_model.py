@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from beacon_golem.core.errors import BeaconError
+
 WORDS = (
     "the of and to in is was for on that with as by at from it an be this are or which "
     "region answer model question east west north south europe asia america world people "
@@ -71,8 +73,6 @@ def write_tiny_model(path: Path, seed: int = DEFAULT_SEED) -> Path:
         import numpy as np
         from gguf import GGUFWriter
     except ImportError as exc:  # pragma: no cover - depends on the install
-        from beacon_golem.errors import BeaconError
-
         raise BeaconError(
             "writing the tiny model needs the 'gguf' and 'numpy' packages: pip install 'beacon-golem[local]'"
         ) from exc

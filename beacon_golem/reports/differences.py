@@ -26,8 +26,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from beacon_golem.errors import BeaconError
-from beacon_golem.runs.store import JobRow, ResultRow, Store, utcnow
+from beacon_golem.core.clock import utcnow
+from beacon_golem.core.errors import BeaconError
+from beacon_golem.requestor.store.store import JobRow, ResultRow, Store
 
 SIMILARITY_METHOD = (
     "difflib.SequenceMatcher ratio over word sequences of normalized text "

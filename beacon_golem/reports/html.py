@@ -28,11 +28,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from beacon_golem.files import write_text_atomic
-from beacon_golem.probe.pilot import Matrix, matrix_from_store, runtimes_text
+from beacon_golem.core.clock import utcnow
+from beacon_golem.core.files import write_text_atomic
+from beacon_golem.core.matrix import Matrix
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
 from beacon_golem.reports.differences import DifferenceReport, build_report
-from beacon_golem.runs.store import BenchResultRow, NodeRow, Store, utcnow
+from beacon_golem.reports.matrix import runtimes_text
+from beacon_golem.requestor.store.matrix import matrix_from_store
+from beacon_golem.requestor.store.store import BenchResultRow, NodeRow, Store
 
 PERCENTILES = ("p50", "p90", "p99")
 #: Charts are drawn at the width of the page's content; the browser scales them down on narrower screens.

@@ -1,4 +1,4 @@
-"""Run the real shim (beacon_golem.shim.app) on loopback in front of a fake runtime."""
+"""Run the real shim (beacon_golem.node.shim.app) on loopback in front of a fake runtime."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from beacon_golem.shim.app import ShimConfig, create_app
+from beacon_golem.node.shim.app import ShimConfig, create_app
 from tests.support import read_sse, serve_app
 
 __all__ = ["read_sse", "running_shim"]

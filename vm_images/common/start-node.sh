@@ -10,7 +10,7 @@
 # Environment (defaults in brackets; each image sets BEACON_RUNTIME and, when built with a
 # model, BEACON_BAKED_MODEL):
 #   BEACON_RUNTIME        ollama | dmr | vllm | llamacpp (required)
-#   BEACON_MODEL          model to serve [$BEACON_BAKED_MODEL]; see beacon_golem/images/models.py
+#   BEACON_MODEL          model to serve [$BEACON_BAKED_MODEL]; see beacon_golem/node/prepare_model.py
 #   BEACON_MODEL_PULL     1: download a missing model now (needs outbound traffic) [0]
 #   BEACON_DATA_DIR       node data: jobs, results, logs [/data]
 #   BEACON_MODELS_DIR     uploaded and pulled models [/models]
@@ -73,7 +73,7 @@ export BEACON_LOG_LEVEL="${BEACON_LOG_LEVEL:-info}"
 
 # Find the model (uploaded, baked or pulled) or refuse before starting anything.
 status=0
-prepared="$("$PY" -m beacon_golem.images.models --shell \
+prepared="$("$PY" -m beacon_golem.node.prepare_model --shell \
     --runtime "$RUNTIME" \
     --model "${BEACON_MODEL:-}" \
     --baked-model "${BEACON_BAKED_MODEL:-}" \

@@ -1,0 +1,76 @@
+"""Where nodes come from: one interface for local processes, static URLs and Golem providers.
+
+A fleet is an async context: entering it brings nodes up, leaving it takes them down.
+While a run goes on, the fleet reports nodes lost and added through `events()`, and the
+dispatcher tells the fleet about nodes it found broken through `report_lost()` (a Golem
+fleet blacklists the provider and rents a replacement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+from pydantic import BaseModel
+
+from beacon_golem.core.lifecycle import StartStop
+from beacon_golem.core.node import Node
+
+
+class FleetEvent(BaseModel):
+    kind: Literal["added", "lost"]
+    node: Node
+    reason: str | None = None
+
+
+class Fleet(StartStop, ABC):
+    """Base class: subclasses implement `start` and `stop`; the event plumbing is shared."""
+
+    name: str = "fleet"
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
+        #: Where the fleet's progress lines go (the run stores them as events); None: logs only.
+        self.progress: Callable[[str], None] | None = None
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Bring the first nodes up (call `add_node` for each)."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Take every node down and release what the fleet holds."""
+
+    def nodes(self) -> list[Node]:
+        """The nodes alive now."""
+        return list(self._nodes.values())
+
+    def add_node(self, node: Node) -> None:
+        self._nodes[node.node_id] = node
+        self._events.put_nowait(FleetEvent(kind="added", node=node))
+
+    def lose_node(self, node_id: str, reason: str) -> None:
+        node = self._nodes.pop(node_id, None)
+        if node is not None:
+            self._events.put_nowait(FleetEvent(kind="lost", node=node, reason=reason))
+
+    async def report_lost(self, node_id: str, reason: str) -> None:
+        """The dispatcher found this node broken; a fleet may replace it."""
+        self.lose_node(node_id, reason)
+
+    def accounting(self) -> list[BaseModel]:
+        """What the nodes cost (agreements, debit notes, invoices, per-node totals): none by default."""
+        return []
+
+    async def events(self) -> AsyncIterator[FleetEvent]:
+        while True:
+            yield await self._events.get()
+
+    def next_event_nowait(self) -> FleetEvent | None:
+        try:
+            return self._events.get_nowait()
+        except asyncio.QueueEmpty:
+            return None

@@ -1,0 +1,985 @@
+"""The run store: one SQLite file holding runs, jobs, results, nodes and events.
+
+Every method that changes state commits before it returns (WAL journal, synchronous=FULL),
+so what the dispatcher acts on is already on disk: a crash loses at most the request in
+flight, never a recorded answer. Stored results are never deleted: a trigger refuses it,
+and `results.job_id` is UNIQUE, so each job has at most one result (`record_result`
+returns False for a second one and changes nothing).
+
+Job states: pending -> running (claim_job) -> done (record_result) | failed (fail_job);
+running -> pending (release_job, reset_running after a crash).
+
+Schema 2 adds `bench_results`: one performance benchmark (a `BenchResult`, vLLM-keyed) per
+node and place it ran from. Opening a schema-1 file for writing migrates it in one
+transaction (a new table, nothing else touched); a read-only open of one reads no bench results.
+
+Schema 3 adds the compatibility pilot (`beacon pilot`): `runs.kind` ('suite', or 'pilot' for a
+run without jobs or suite) and, on `nodes`, the node's probe report (`probe_json`), or why there
+is none (`probe_error`), and when it was asked for (`probed_at`). The migration only adds columns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, Field, ValidationError
+
+from beacon_golem.core.bench import BenchResult
+from beacon_golem.core.canonical import canonical_json
+from beacon_golem.core.clock import to_ts, utcnow
+from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.node import Node, NodeInfo
+from beacon_golem.core.probe import ProbeReport
+from beacon_golem.core.suite import PlannedJob, Suite
+
+SCHEMA_VERSION = 3
+DB_FILENAME = "beacon.db"
+
+JobState = Literal["pending", "running", "done", "failed"]
+JOB_STATES: tuple[JobState, ...] = ("pending", "running", "done", "failed")
+RunStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
+NodeStatus = Literal["alive", "lost"]
+BenchWhere = Literal["node", "requestor"]
+#: 'suite': a suite's questions and/or perf; 'pilot': the compatibility pilot (no suite, no jobs).
+RunKind = Literal["suite", "pilot"]
+
+#: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
+_BENCH_SCHEMA = """
+CREATE TABLE bench_results (
+    bench_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    node_id      TEXT NOT NULL,
+    "where"      TEXT NOT NULL CHECK ("where" IN ('node','requestor')),
+    label        TEXT,
+    profile_json TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX bench_results_run ON bench_results(run_id, bench_id);
+CREATE TRIGGER bench_results_never_deleted BEFORE DELETE ON bench_results
+BEGIN
+    SELECT RAISE(ABORT, 'stored bench results are never deleted');
+END;
+"""
+#: Schema 3: the compatibility pilot. Shared by new databases and the migration from 2.
+_PILOT_SCHEMA = """
+ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'suite' CHECK (kind IN ('suite','pilot'));
+ALTER TABLE nodes ADD COLUMN probe_json TEXT;
+ALTER TABLE nodes ADD COLUMN probe_error TEXT;
+ALTER TABLE nodes ADD COLUMN probed_at TEXT;
+"""
+#: version -> the script that brings the version before it up to it.
+_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA}
+
+_SCHEMA = f"""
+CREATE TABLE schema_version (
+    version     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE runs (
+    run_id       TEXT PRIMARY KEY,
+    suite_name   TEXT NOT NULL,
+    suite_hash   TEXT NOT NULL,
+    suite_json   TEXT NOT NULL,
+    suite_source TEXT,
+    fleet_json   TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('running','done','failed','cancelled','interrupted')),
+    created_at   TEXT NOT NULL,
+    finished_at  TEXT
+);
+CREATE TABLE jobs (
+    job_id      TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    seq         INTEGER NOT NULL,
+    job_key     TEXT NOT NULL,
+    question_id TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    runtime     TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    repetition  INTEGER NOT NULL,
+    spec_json   TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending','running','done','failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    node_id     TEXT,
+    error       TEXT,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (run_id, job_key),
+    UNIQUE (run_id, seq)
+);
+CREATE INDEX jobs_run_state ON jobs(run_id, state);
+CREATE TABLE results (
+    result_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL UNIQUE REFERENCES jobs(job_id),
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    node_id      TEXT NOT NULL,
+    text         TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    ended_at     TEXT NOT NULL,
+    receipt_json TEXT,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX results_run ON results(run_id);
+CREATE TRIGGER results_never_deleted BEFORE DELETE ON results
+BEGIN
+    SELECT RAISE(ABORT, 'stored results are never deleted');
+END;
+CREATE TRIGGER jobs_never_deleted BEFORE DELETE ON jobs
+BEGIN
+    SELECT RAISE(ABORT, 'stored jobs are never deleted');
+END;
+CREATE TRIGGER runs_never_deleted BEFORE DELETE ON runs
+BEGIN
+    SELECT RAISE(ABORT, 'stored runs are never deleted');
+END;
+CREATE TABLE nodes (
+    run_id        TEXT NOT NULL REFERENCES runs(run_id),
+    node_id       TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    region        TEXT,
+    fleet         TEXT NOT NULL,
+    provider_id   TEXT,
+    provider_name TEXT,
+    info_json     TEXT,
+    extra_json    TEXT NOT NULL DEFAULT '{{}}',
+    status        TEXT NOT NULL CHECK (status IN ('alive','lost')),
+    lost_reason   TEXT,
+    first_seen    TEXT NOT NULL,
+    last_seen     TEXT NOT NULL,
+    PRIMARY KEY (run_id, node_id)
+);
+CREATE TABLE events (
+    event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    ts          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    node_id     TEXT,
+    job_id      TEXT,
+    detail_json TEXT NOT NULL
+);
+CREATE INDEX events_run ON events(run_id, event_id);
+{_BENCH_SCHEMA}
+{_PILOT_SCHEMA}
+INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
+"""
+
+
+
+
+
+
+def default_db_path() -> Path:
+    return load_settings().data_dir / DB_FILENAME
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """`20250822-143400-3fa9c1`: sortable by time, unique by its random tail."""
+    return f"{(now or utcnow()).astimezone(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+# ---------------------------------------------------------------------------------------
+# Row models: one per table, what every read returns.
+
+
+class RunRow(BaseModel):
+    run_id: str
+    kind: RunKind = "suite"
+    suite_name: str
+    suite_hash: str
+    #: None for a pilot run (`kind == "pilot"`): it has no suite and no jobs.
+    suite: Suite | None = None
+    suite_source: str | None = None
+    fleet_desc: Any = None
+    status: RunStatus
+    created_at: datetime
+    finished_at: datetime | None = None
+    #: Jobs per state, every state present (0 when none).
+    job_counts: dict[str, int] = Field(default_factory=dict)
+
+    @property
+    def total_jobs(self) -> int:
+        return sum(self.job_counts.values())
+
+
+class JobRow(BaseModel):
+    job_id: str
+    run_id: str
+    seq: int
+    job_key: str
+    question_id: str
+    category: str
+    model: str
+    runtime: str
+    region: str
+    repetition: int
+    #: The job's spec (suite hash, key, question, model, region, request): what a receipt's
+    #: `job_spec_hash` is the hash of.
+    spec: dict[str, Any]
+    state: JobState
+    attempts: int
+    node_id: str | None = None
+    error: str | None = None
+    updated_at: datetime
+
+    @property
+    def request(self) -> GenerationRequest:
+        return GenerationRequest.model_validate(self.spec["request"])
+
+
+class ResultRow(BaseModel):
+    result_id: int
+    job_id: str
+    run_id: str
+    node_id: str
+    text: str
+    result: GenerationResult
+    started_at: datetime
+    ended_at: datetime
+    receipt: dict[str, Any] | None = None
+    created_at: datetime
+
+
+class RawResultRow(BaseModel):
+    """A done job and its result exactly as stored (strings, unparsed): what `verify` reads."""
+
+    job_id: str
+    run_id: str
+    seq: int
+    job_key: str
+    question_id: str
+    model: str
+    region: str
+    job_state: str
+    spec_json: str
+    has_result: bool
+    node_id: str | None = None
+    text: str | None = None
+    result_json: str | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    receipt_json: str | None = None
+
+
+class NodeRow(BaseModel):
+    run_id: str
+    node_id: str
+    url: str
+    region: str | None = None
+    fleet: str
+    provider_id: str | None = None
+    provider_name: str | None = None
+    info: NodeInfo | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    status: NodeStatus
+    lost_reason: str | None = None
+    first_seen: datetime
+    last_seen: datetime
+    #: The node's probe report (GET /probe) as stored, plain JSON; None when not asked or it failed.
+    probe: dict[str, Any] | None = None
+    #: Why the node has no probe report (it did not answer, or answered something else).
+    probe_error: str | None = None
+    probed_at: datetime | None = None
+
+    def probe_report(self) -> Any:
+        """The stored probe as a `ProbeReport` (None when there is none; BeaconError when it no longer reads)."""
+        if self.probe is None:
+            return None
+        try:
+            return ProbeReport.model_validate(self.probe)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BeaconError(f"stored probe of node {self.node_id} is not readable: {first}") from None
+
+
+class BenchResultRow(BaseModel):
+    """One stored benchmark: which node, run from where, with what profile, and its result."""
+
+    bench_id: int
+    run_id: str
+    node_id: str
+    where: BenchWhere
+    label: str | None = None
+    #: The load profile as given (`beacon_golem.core.profiles`), plain JSON.
+    profile: dict[str, Any]
+    #: The `BenchResult` as `to_json_dict()` writes it: vLLM's keys per step.
+    result: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        steps = self.result.get("steps")
+        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+
+    def bench_result(self) -> Any:
+        """The result as a `BenchResult` model (raises BeaconError when its schema no longer reads)."""
+        try:
+            return BenchResult.model_validate(self.result)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise BeaconError(f"stored bench result {self.bench_id} is not readable: {first}") from None
+
+
+class EventRow(BaseModel):
+    event_id: int
+    run_id: str
+    ts: datetime
+    kind: str
+    node_id: str | None = None
+    job_id: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+class Store:
+    """One SQLite file. Safe to share between threads (one connection behind a lock).
+
+    `readonly=True` opens an existing database for reading and never writes to it;
+    `create=False` refuses to create a database that is not there.
+    """
+
+    def __init__(self, path: str | Path | None = None, *, create: bool = True, readonly: bool = False) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self.readonly = readonly
+        self._lock = threading.RLock()
+        self._conn = self._open(create=create and not readonly)
+
+    # -- opening -----------------------------------------------------------------------
+
+    def _fail(self, what: str) -> BeaconError:
+        return BeaconError(f"{self.path}: {what}")
+
+    def _open(self, create: bool) -> sqlite3.Connection:
+        path = self.path
+        if path.is_dir():
+            raise self._fail("is a directory, not a database file")
+        exists = path.exists()
+        if not exists and not create:
+            raise UsageError(f"{path}: no such database (nothing recorded yet, or pass --db PATH)")
+        if exists and not os.access(path, os.R_OK):
+            raise self._fail("cannot read the database file (permission denied)")
+        if not self.readonly and exists and not os.access(path, os.W_OK):
+            raise self._fail("the database file is not writable")
+        if not exists:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise self._fail(f"cannot create its directory: {exc.strerror or exc}") from None
+            if not os.access(path.parent, os.W_OK):
+                raise self._fail("cannot create the database: its directory is not writable")
+        mode = "ro" if self.readonly else ("rwc" if create else "rw")
+        try:
+            conn = sqlite3.connect(
+                f"file:{quote(str(path.absolute()))}?mode={mode}",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=30.0,
+            )
+        except sqlite3.Error as exc:
+            raise self._fail(f"cannot open the database: {exc}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                if self.readonly:
+                    raise self._fail("an empty database: no runs recorded")
+                self._create_schema(conn)
+            elif "schema_version" not in tables:
+                raise self._fail("a SQLite database, but not a beacon-golem one (no schema_version table)")
+            else:
+                row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+                version = row[0] if row else None
+                if version is None:
+                    raise self._fail("a beacon-golem database without a schema version")
+                if version > SCHEMA_VERSION:
+                    raise self._fail(
+                        f"written by a newer beacon-golem (schema {version}; this one reads {SCHEMA_VERSION})"
+                    )
+                if version < SCHEMA_VERSION and not self.readonly:
+                    self._migrate(conn, version)
+            if not self.readonly:
+                conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            msg = str(exc)
+            if "not a database" in msg or "malformed" in msg:
+                raise self._fail("not a SQLite database (file is not a database)") from None
+            raise self._fail(f"cannot open the database: {msg}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _create_schema(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if not mode or str(mode[0]).lower() != "wal":
+            raise self._fail("cannot switch the database to WAL mode")
+        # One script, one transaction: a crash leaves either no schema or all of it.
+        try:
+            conn.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA.replace("{now}", to_ts(utcnow())) + "\nCOMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
+        """Bring a file of an older schema up to this one, one transaction per step; no data is touched."""
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            script = _MIGRATIONS[target]
+            try:
+                conn.executescript(
+                    "BEGIN IMMEDIATE;\n" + script
+                    + f"\nINSERT INTO schema_version (version, created_at) VALUES ({target}, '{to_ts(utcnow())}');"
+                    + "\nCOMMIT;"
+                )  # fmt: skip
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        row = self._query("SELECT MAX(version) FROM schema_version")
+        return int(row[0][0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, committed (and synced) before the block's caller returns."""
+        if self.readonly:
+            raise self._fail("opened read-only")
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise self._fail(f"cannot write: {exc}") from None
+            try:
+                yield self._conn
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise self._fail(f"cannot write: {exc}") from None
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise self._fail(f"cannot write: {exc}") from None
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(f"cannot read: {exc}") from None
+
+    def _parse(self, model: type[BaseModel], data: dict[str, Any], what: str) -> Any:
+        try:
+            return model.model_validate(data)
+        except (ValidationError, ValueError) as exc:
+            first = str(exc).splitlines()[0]
+            raise self._fail(f"stored {what} is not readable: {first}") from None
+
+    # -- runs --------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        suite: Suite,
+        suite_source: str | None,
+        planned_jobs: Sequence[PlannedJob],
+        fleet_desc: Any = None,
+        *,
+        run_id: str | None = None,
+    ) -> RunRow:
+        """Record a run and all its jobs (pending) in one transaction."""
+        if not planned_jobs and suite.perf is None:
+            raise UsageError("the suite plans no jobs")
+        run_id = run_id or new_run_id()
+        now = to_ts(utcnow())
+        suite_hash = suite.suite_hash()
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO runs (run_id, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
+                    " status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
+                    (run_id, suite.name, suite_hash, canonical_json(suite.canonical()), suite_source,
+                     _json(fleet_desc), now),
+                )  # fmt: skip
+                conn.executemany(
+                    "INSERT INTO jobs (job_id, run_id, seq, job_key, question_id, category, model, runtime,"
+                    " region, repetition, spec_json, state, attempts, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?)",
+                    [
+                        (job_id_for(run_id, j.seq), run_id, j.seq, j.key, j.question_id, j.category, j.model,
+                         j.runtime, j.region, j.repetition, canonical_json(j.spec(suite_hash)), now)
+                        for j in planned_jobs
+                    ],
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise BeaconError(f"cannot record run {run_id}: {exc}") from None
+        return self.get_run(run_id)
+
+    def create_pilot_run(self, fleet_desc: Any = None, *, run_id: str | None = None) -> RunRow:
+        """Record a compatibility pilot: a run with no suite and no jobs (`kind == "pilot"`)."""
+        run_id = run_id or new_run_id()
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO runs (run_id, kind, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
+                    " status, created_at) VALUES (?, 'pilot', 'pilot', '', 'null', 'beacon pilot', ?, 'running', ?)",
+                    (run_id, _json(fleet_desc), to_ts(utcnow())),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise BeaconError(f"cannot record run {run_id}: {exc}") from None
+        return self.get_run(run_id)
+
+    def _run_row(self, row: sqlite3.Row) -> RunRow:
+        counts = dict.fromkeys(JOB_STATES, 0)
+        for c in self._query("SELECT state, COUNT(*) FROM jobs WHERE run_id = ? GROUP BY state", (row["run_id"],)):
+            counts[c[0]] = c[1]
+        try:
+            suite = json.loads(row["suite_json"])
+            fleet = json.loads(row["fleet_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored run {row['run_id']} is not readable: {exc}") from None
+        data = dict(row) | {"suite": suite, "fleet_desc": fleet, "job_counts": counts}
+        return self._parse(RunRow, data, f"run {row['run_id']}")
+
+    def get_run(self, run_id: str) -> RunRow:
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise UsageError(f"no run '{run_id}' in {self.path}")
+        return self._run_row(rows[0])
+
+    def find_run(self, ref: str) -> RunRow:
+        """A run by its id, a unique prefix of it, or `latest`."""
+        if ref == "latest":
+            rows = self._query("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT 1")
+            if not rows:
+                raise UsageError(f"no runs in {self.path}")
+            return self._run_row(rows[0])
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (ref,))
+        if not rows:
+            escaped = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            rows = self._query("SELECT * FROM runs WHERE run_id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",))
+            if len(rows) > 1:
+                raise UsageError(f"'{ref}' matches more than one run in {self.path}; give more of the id")
+        if not rows:
+            raise UsageError(f"no run '{ref}' in {self.path}")
+        return self._run_row(rows[0])
+
+    def list_runs(self) -> list[RunRow]:
+        """Every run, newest first."""
+        return [self._run_row(r) for r in self._query("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC")]
+
+    def finish_run(self, run_id: str, status: RunStatus) -> RunRow:
+        if status == "running":
+            raise ValueError("finish_run needs a final status, not 'running'")
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE run_id = ?", (status, to_ts(utcnow()), run_id)
+            )
+            if cur.rowcount == 0:
+                raise UsageError(f"no run '{run_id}' in {self.path}")
+        return self.get_run(run_id)
+
+    def reopen_run(self, run_id: str) -> RunRow:
+        """Mark a finished or interrupted run running again (for resume)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE runs SET status = 'running', finished_at = NULL WHERE run_id = ?", (run_id,)
+            )
+            if cur.rowcount == 0:
+                raise UsageError(f"no run '{run_id}' in {self.path}")
+        return self.get_run(run_id)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def _job_row(self, row: sqlite3.Row) -> JobRow:
+        try:
+            spec = json.loads(row["spec_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored job {row['job_id']} is not readable: {exc}") from None
+        data = {k: row[k] for k in row.keys() if k != "spec_json"} | {"spec": spec}
+        return self._parse(JobRow, data, f"job {row['job_id']}")
+
+    def jobs(self, run_id: str, states: Sequence[JobState] | None = None) -> list[JobRow]:
+        """The run's jobs in plan order, optionally only those in `states`."""
+        sql, params = "SELECT * FROM jobs WHERE run_id = ?", [run_id]
+        if states is not None:
+            if not states:
+                return []
+            sql += f" AND state IN ({', '.join('?' * len(states))})"
+            params += list(states)
+        return [self._job_row(r) for r in self._query(sql + " ORDER BY seq", params)]
+
+    def get_job(self, job_id: str) -> JobRow:
+        rows = self._query("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        if not rows:
+            raise BeaconError(f"no job '{job_id}' in {self.path}")
+        return self._job_row(rows[0])
+
+    def job_counts(self, run_id: str) -> dict[str, int]:
+        return self.get_run(run_id).job_counts
+
+    def _require_job(self, conn: sqlite3.Connection, job_id: str) -> sqlite3.Row:
+        row = conn.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise BeaconError(f"no job '{job_id}' in {self.path}")
+        return row
+
+    def claim_job(self, job_id: str, node_id: str) -> JobRow | None:
+        """pending -> running on `node_id`, attempts + 1. None when the job is not pending."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, node_id = ?, updated_at = ?"
+                " WHERE job_id = ? AND state = 'pending'",
+                (node_id, to_ts(utcnow()), job_id),
+            )
+            if cur.rowcount == 0:
+                self._require_job(conn, job_id)
+                return None
+        return self.get_job(job_id)
+
+    def record_result(
+        self,
+        job_id: str,
+        node_id: str,
+        result: GenerationResult,
+        started_at: datetime,
+        ended_at: datetime,
+        receipt: dict[str, Any] | BaseModel | None,
+    ) -> bool:
+        """Store a job's answer and mark it done, exactly once.
+
+        Returns False, changing nothing, when the job already has a result. A result is
+        accepted from any state (a late answer for a released or failed job still counts).
+        """
+        if isinstance(receipt, BaseModel):
+            receipt = receipt.model_dump(mode="json")
+        receipt_json = _json(receipt) if receipt is not None else None
+        with self._tx() as conn:
+            job = self._require_job(conn, job_id)
+            if conn.execute("SELECT 1 FROM results WHERE job_id = ?", (job_id,)).fetchone():
+                return False
+            now = to_ts(utcnow())
+            try:
+                conn.execute(
+                    "INSERT INTO results (job_id, run_id, node_id, text, result_json, started_at, ended_at,"
+                    " receipt_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (job_id, job["run_id"], node_id, result.text, result.model_dump_json(), to_ts(started_at),
+                     to_ts(ended_at), receipt_json, now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                return False
+            conn.execute(
+                "UPDATE jobs SET state = 'done', node_id = ?, error = NULL, updated_at = ? WHERE job_id = ?",
+                (node_id, now, job_id),
+            )
+        return True
+
+    def release_job(self, job_id: str, reason: str) -> bool:
+        """running -> pending (to be tried again), keeping `reason` as the job's last error."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', node_id = NULL, error = ?, updated_at = ?"
+                " WHERE job_id = ? AND state = 'running'",
+                (reason, to_ts(utcnow()), job_id),
+            )
+            if cur.rowcount == 0:
+                self._require_job(conn, job_id)
+        return cur.rowcount > 0
+
+    def fail_job(self, job_id: str, error: str) -> bool:
+        """pending or running -> failed (no more attempts). False when already done or failed."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, updated_at = ?"
+                " WHERE job_id = ? AND state IN ('pending', 'running')",
+                (error, to_ts(utcnow()), job_id),
+            )
+            if cur.rowcount == 0:
+                self._require_job(conn, job_id)
+        return cur.rowcount > 0
+
+    def reset_running(self, run_id: str) -> int:
+        """After a crash: every running job of the run back to pending. Returns how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', node_id = NULL,"
+                " error = 'interrupted: the runner stopped while this job ran', updated_at = ?"
+                " WHERE run_id = ? AND state = 'running'",
+                (to_ts(utcnow()), run_id),
+            )
+        return cur.rowcount
+
+    def retry_failed(self, run_id: str) -> int:
+        """Every failed job of the run back to pending (attempts are kept). Returns how many."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = 'pending', node_id = NULL, updated_at = ?"
+                " WHERE run_id = ? AND state = 'failed'",
+                (to_ts(utcnow()), run_id),
+            )
+        return cur.rowcount
+
+    # -- results -------------------------------------------------------------------------
+
+    def _result_row(self, row: sqlite3.Row) -> ResultRow:
+        try:
+            result = json.loads(row["result_json"])
+            receipt = json.loads(row["receipt_json"]) if row["receipt_json"] is not None else None
+        except ValueError as exc:
+            raise self._fail(f"stored result of job {row['job_id']} is not readable: {exc}") from None
+        data = {k: row[k] for k in row.keys() if k not in ("result_json", "receipt_json")}
+        return self._parse(ResultRow, data | {"result": result, "receipt": receipt}, f"result of job {row['job_id']}")
+
+    def results(self, run_id: str) -> list[ResultRow]:
+        """The run's results in plan order."""
+        rows = self._query(
+            "SELECT r.* FROM results r JOIN jobs j ON j.job_id = r.job_id WHERE r.run_id = ? ORDER BY j.seq",
+            (run_id,),
+        )
+        return [self._result_row(r) for r in rows]
+
+    def get_result(self, job_id: str) -> ResultRow | None:
+        rows = self._query("SELECT * FROM results WHERE job_id = ?", (job_id,))
+        return self._result_row(rows[0]) if rows else None
+
+    def raw_results(self, run_id: str) -> list[RawResultRow]:
+        """Every result and every job marked done, exactly as stored, in plan order."""
+        rows = self._query(
+            "SELECT j.job_id, j.run_id, j.seq, j.job_key, j.question_id, j.model, j.region,"
+            " j.state AS job_state, j.spec_json, r.result_id IS NOT NULL AS has_result, r.node_id, r.text,"
+            " r.result_json, r.started_at, r.ended_at, r.receipt_json"
+            " FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id"
+            " WHERE j.run_id = ? AND (r.result_id IS NOT NULL OR j.state = 'done') ORDER BY j.seq",
+            (run_id,),
+        )
+        return [RawResultRow.model_validate({k: r[k] for k in r.keys()}) for r in rows]
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def _node_row(self, row: sqlite3.Row) -> NodeRow:
+        try:
+            info = json.loads(row["info_json"]) if row["info_json"] else None
+            extra = json.loads(row["extra_json"] or "{}")
+        except ValueError as exc:
+            raise self._fail(f"stored node {row['node_id']} is not readable: {exc}") from None
+        data = {k: row[k] for k in row.keys() if k not in ("info_json", "extra_json", "probe_json")}
+        probe = None
+        if "probe_json" in row.keys() and row["probe_json"]:  # no such column in a schema-2 file opened read-only
+            try:
+                probe = json.loads(row["probe_json"])
+            except ValueError:
+                data["probe_error"] = data.get("probe_error") or "the stored probe is not valid JSON"
+        return self._parse(NodeRow, data | {"info": info, "extra": extra, "probe": probe}, f"node {row['node_id']}")
+
+    def upsert_node(self, run_id: str, node: Node) -> NodeRow:
+        """Record a node of the run (alive); a node seen again is updated and alive again.
+
+        Its token is never stored. A node given without `info` keeps the info stored before.
+        """
+        now = to_ts(utcnow())
+        info = node.info.model_dump_json() if node.info is not None else None
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO nodes (run_id, node_id, url, region, fleet, provider_id, provider_name, info_json,"
+                    " extra_json, status, lost_reason, first_seen, last_seen)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'alive', NULL, ?, ?)"
+                    " ON CONFLICT (run_id, node_id) DO UPDATE SET url = excluded.url, region = excluded.region,"
+                    " fleet = excluded.fleet, provider_id = excluded.provider_id,"
+                    " provider_name = excluded.provider_name, info_json = COALESCE(excluded.info_json, info_json),"
+                    " extra_json = excluded.extra_json, status = 'alive', lost_reason = NULL,"
+                    " last_seen = excluded.last_seen",
+                    (run_id, node.node_id, node.url, node.region, node.fleet, node.provider_id, node.provider_name,
+                     info, _json(node.extra), now, now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError:
+                raise UsageError(f"no run '{run_id}' in {self.path}") from None
+        return self.get_node(run_id, node.node_id)  # type: ignore[return-value]
+
+    def set_node_probe(self, run_id: str, node_id: str, probe: dict[str, Any] | BaseModel | None, error: str | None = None) -> bool:
+        """Keep a node's probe report (or why there is none) with the node.
+
+        A stored report is never overwritten: a later report leaves it as it is (the machine under
+        a node does not change), and a later failed attempt only records its error next to it.
+        """
+        if isinstance(probe, BaseModel):
+            probe = probe.model_dump(mode="json")
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET probe_json = COALESCE(probe_json, ?), probe_error = ?, probed_at = ?"
+                " WHERE run_id = ? AND node_id = ?",
+                (_json(probe) if probe is not None else None, error, to_ts(utcnow()), run_id, node_id),
+            )
+        return cur.rowcount > 0
+
+    def mark_node_lost(self, run_id: str, node_id: str, reason: str) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE nodes SET status = 'lost', lost_reason = ?, last_seen = ? WHERE run_id = ? AND node_id = ?",
+                (reason, to_ts(utcnow()), run_id, node_id),
+            )
+        return cur.rowcount > 0
+
+    def get_node(self, run_id: str, node_id: str) -> NodeRow | None:
+        rows = self._query("SELECT * FROM nodes WHERE run_id = ? AND node_id = ?", (run_id, node_id))
+        return self._node_row(rows[0]) if rows else None
+
+    def set_node_extra(self, run_id: str, node_id: str, **values: Any) -> None:
+        """Merge `values` into a node's `extra` (e.g. `glm_spent` once the fleet has settled)."""
+        node = self.get_node(run_id, node_id)
+        if node is None:
+            return
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE nodes SET extra_json = ? WHERE run_id = ? AND node_id = ?",
+                (_json({**node.extra, **values}), run_id, node_id),
+            )
+
+    def provider_history(self, provider_id: str) -> tuple[int, int]:
+        """(runs the provider served in, runs in which we lost it), over every run in the store."""
+        row = self._query(
+            "SELECT COUNT(DISTINCT run_id), COUNT(DISTINCT CASE WHEN status = 'lost' THEN run_id END)"
+            " FROM nodes WHERE provider_id = ?",
+            (provider_id,),
+        )[0]
+        return int(row[0]), int(row[1])
+
+    def nodes(self, run_id: str) -> list[NodeRow]:
+        return [self._node_row(r) for r in self._query("SELECT * FROM nodes WHERE run_id = ? ORDER BY first_seen, node_id", (run_id,))]
+
+    # -- bench results -------------------------------------------------------------------
+
+    def add_bench_result(
+        self,
+        run_id: str,
+        node_id: str,
+        where: BenchWhere,
+        label: str | None,
+        profile: dict[str, Any] | BaseModel,
+        result: dict[str, Any] | BaseModel,
+    ) -> BenchResultRow:
+        """Store one benchmark of a node. Every call adds a row; none is ever replaced or deleted.
+
+        `result` is a `BenchResult` (stored as its `to_json_dict()`: vLLM keys per step) or that dict.
+        """
+        if where not in ("node", "requestor"):
+            raise ValueError(f"where must be 'node' or 'requestor', not {where!r}")
+        if isinstance(profile, BaseModel):
+            profile = profile.model_dump(mode="json")
+        if isinstance(result, BaseModel):
+            to_json = getattr(result, "to_json_dict", None)
+            result = to_json() if callable(to_json) else result.model_dump(mode="json", by_alias=True)
+        now = to_ts(utcnow())
+        with self._tx() as conn:
+            try:
+                cur = conn.execute(
+                    'INSERT INTO bench_results (run_id, node_id, "where", label, profile_json, result_json, created_at)'
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, node_id, where, label, _json(profile), _json(result), now),
+                )
+            except sqlite3.IntegrityError:
+                raise UsageError(f"no run '{run_id}' in {self.path}") from None
+            bench_id = cur.lastrowid
+        rows = self._query("SELECT * FROM bench_results WHERE bench_id = ?", (bench_id,))
+        return self._bench_row(rows[0])
+
+    def _bench_row(self, row: sqlite3.Row) -> BenchResultRow:
+        try:
+            profile = json.loads(row["profile_json"])
+            result = json.loads(row["result_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored bench result {row['bench_id']} is not readable: {exc}") from None
+        data = {k: row[k] for k in row.keys() if k not in ("profile_json", "result_json")}
+        return self._parse(BenchResultRow, data | {"profile": profile, "result": result}, f"bench result {row['bench_id']}")
+
+    def bench_results(self, run_id: str, where: BenchWhere | None = None) -> list[BenchResultRow]:
+        """The run's benchmarks in the order they were stored (none in a schema-1 file opened read-only)."""
+        exists = self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bench_results'")
+        if not exists:
+            return []
+        sql, params = "SELECT * FROM bench_results WHERE run_id = ?", [run_id]
+        if where is not None:
+            sql += ' AND "where" = ?'
+            params.append(where)
+        return [self._bench_row(r) for r in self._query(sql + " ORDER BY bench_id", params)]
+
+    # -- events --------------------------------------------------------------------------
+
+    def add_event(
+        self, run_id: str, kind: str, node_id: str | None = None, job_id: str | None = None, **detail: Any
+    ) -> EventRow:
+        now = utcnow()
+        with self._tx() as conn:
+            try:
+                cur = conn.execute(
+                    "INSERT INTO events (run_id, ts, kind, node_id, job_id, detail_json) VALUES (?, ?, ?, ?, ?, ?)",
+                    (run_id, to_ts(now), kind, node_id, job_id, _json(detail)),
+                )
+            except sqlite3.IntegrityError:
+                raise UsageError(f"no run '{run_id}' in {self.path}") from None
+            event_id = cur.lastrowid
+        return EventRow(
+            event_id=event_id or 0, run_id=run_id, ts=now, kind=kind, node_id=node_id, job_id=job_id,
+            detail=json.loads(_json(detail)),
+        )  # fmt: skip
+
+    def events(self, run_id: str, kinds: Sequence[str] | None = None) -> list[EventRow]:
+        sql, params = "SELECT * FROM events WHERE run_id = ?", [run_id]
+        if kinds is not None:
+            if not kinds:
+                return []
+            sql += f" AND kind IN ({', '.join('?' * len(kinds))})"
+            params += list(kinds)
+        out = []
+        for r in self._query(sql + " ORDER BY event_id", params):
+            data = {k: r[k] for k in r.keys() if k != "detail_json"}
+            try:
+                data["detail"] = json.loads(r["detail_json"])
+            except ValueError:
+                data["detail"] = {"unreadable": r["detail_json"]}
+            out.append(EventRow.model_validate(data))
+        return out
+
+
+def job_id_for(run_id: str, seq: int) -> str:
+    return f"{run_id}-{seq:05d}"
+
+
+def open_store(path: str | Path | None = None, *, readonly: bool = False, create: bool = True) -> Store:
+    return Store(path, readonly=readonly, create=create)

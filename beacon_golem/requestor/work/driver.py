@@ -1,0 +1,262 @@
+"""A run from start to end: load the suite, record the run, bring up the fleet, dispatch, finish.
+
+The CLI calls `plan_run` (fast: the run id exists and is on disk before any node starts),
+then `execute_run`; `beacon run --resume` calls `execute_run` again on the same run id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+
+from beacon_golem.core.errors import BeaconError, UsageError, one_line
+from beacon_golem.core.log import get_logger
+from beacon_golem.core.suite import Suite, expand_jobs, load_suite, parse_yaml, read_text_file
+from beacon_golem.imaging import lookup_image
+from beacon_golem.requestor.fleets.base import Fleet
+from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
+from beacon_golem.requestor.fleets.golem.fleet import GolemFleet
+from beacon_golem.requestor.fleets.golem.records import ProviderRecord
+from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
+from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
+from beacon_golem.requestor.store.store import BenchResultRow, RunRow, Store
+from beacon_golem.requestor.work.accounting import save_accounting
+from beacon_golem.requestor.work.beacon_import import import_jobspec
+from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
+from beacon_golem.requestor.work.perf_phase import PerfListener, run_suite_perf
+
+log = get_logger(__name__)
+
+FleetKind = Literal["local", "static", "golem"]
+
+
+class FleetChoice(BaseModel):
+    """How the user asked for nodes; stored with the run so `--resume` can ask again."""
+
+    kind: FleetKind = "local"
+    nodes: int = Field(default=2, ge=1)
+    node_urls: list[str] = Field(default_factory=list)
+    runtime: str = "llamacpp"
+    model: str | None = None
+    parallel: int | None = None
+    #: Region labels dealt to local nodes (default: the suite's regions).
+    regions: list[str] = Field(default_factory=list)
+    #: Settings for the Golem fleet (image, budget, prices...), passed through as given.
+    golem: dict[str, Any] = Field(default_factory=dict)
+
+
+def load_run_input(path: Path) -> tuple[Suite, str]:
+    """A suite (YAML) or a Project Beacon JobSpec (JSON with a `benchmark`): the suite and its source."""
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = None
+        if isinstance(data, dict) and "benchmark" in data:
+            return import_jobspec(path), str(path)
+    return load_suite(path), str(path)
+
+
+def plan_run(store: Store, suite: Suite, source: str, fleet: FleetChoice) -> RunRow:
+    """Record the run and all its jobs as pending; returns at once with the run id."""
+    check_fleet(suite, fleet)
+    return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
+
+
+def check_fleet(suite: Suite, fleet: FleetChoice) -> None:
+    """Refuse, before anything is stored, a fleet that cannot serve the suite."""
+    if fleet.kind == "local":
+        runtimes = {m.runtime for m in suite.models} - {"any"}
+        if runtimes - {fleet.runtime}:
+            raise UsageError(f"the local fleet runs {fleet.runtime}, but the suite asks for {', '.join(sorted(runtimes))}")
+        if fleet.nodes < len(fleet.regions):
+            raise UsageError(
+                f"the suite asks for {len(fleet.regions)} regions ({', '.join(fleet.regions)}): "
+                f"start at least that many local nodes (--nodes {len(fleet.regions)})"
+            )
+    if fleet.kind == "static" and not fleet.node_urls:
+        raise UsageError("the static fleet needs at least one --node URL")
+
+
+def fleet_for_suite(choice: FleetChoice, suite: Suite) -> FleetChoice:
+    """Fill what the user left out from the suite: regions and per-node concurrency."""
+    return choice.model_copy(
+        update={
+            "regions": choice.regions or suite.regions,
+            "parallel": choice.parallel or suite.limits.per_node_concurrency,
+        }
+    )
+
+
+def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, store: Store | None = None) -> Fleet:
+    parallel = choice.parallel or 4
+    if choice.kind == "local":
+        return LocalFleet(
+            LocalFleetConfig(
+                nodes=choice.nodes,
+                regions=choice.regions or ["local"],
+                runtime=choice.runtime,
+                model=choice.model,
+                parallel=parallel,
+                data_dir=data_dir / "local-fleet",
+            )
+        )
+    if choice.kind == "static":
+        specs = [StaticNodeSpec.parse(url, token).model_copy(update={"concurrency": parallel}) for url in choice.node_urls]
+        return StaticFleet(specs)
+    return golem_fleet(choice, data_dir, token, store)
+
+
+def read_region_map(path: Path) -> dict[str, str]:
+    """A YAML or JSON mapping of provider id (or name) -> region label."""
+
+    data = parse_yaml(read_text_file(path), str(path))
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise UsageError(f"{path}: expected a mapping of provider id -> region label")
+    return data
+
+
+def fleet_kind(text: str) -> FleetKind:
+    """The --fleet option, checked: one line naming the choices otherwise."""
+    if text not in ("local", "static", "golem"):
+        raise UsageError(f"--fleet {text!r}: choose local, static or golem")
+    return text  # type: ignore[return-value]
+
+
+def golem_options(region_map: Path | None = None, **options: Any) -> dict[str, Any]:
+    """The --fleet golem options the user gave (None and False left out), a region map file read."""
+    if region_map is not None:
+        options["regions"] = read_region_map(region_map)
+    return {k: v for k, v in options.items() if v is not None and v is not False}
+
+
+GOLEM_REQUIRED = {"budget": "--budget", "max_price_glm_per_hour": "--max-price-glm-per-hour"}
+
+
+def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, store: Store | None) -> Fleet:
+    """Rent nodes on Golem; providers we lost in earlier runs count against them."""
+
+    settings = dict(choice.golem)
+    missing = [flag for key, flag in GOLEM_REQUIRED.items() if key not in settings]
+    if missing:
+        raise UsageError(f"--fleet golem needs {' and '.join(missing)} (GLM): money is never spent without a cap")
+    if "image" not in settings:
+
+        entry = lookup_image(choice.runtime)
+        if entry is None:
+            raise UsageError(
+                f"--fleet golem: no --image given and vm_images/images.lock.json has no {choice.runtime} image "
+                f"(beacon image build {choice.runtime} && beacon image push {choice.runtime})"
+            )
+        settings["image"] = entry.hash
+    if choice.regions and not settings.get("regions") and not settings.get("label_regions"):
+        raise UsageError(
+            f"--fleet golem: the suite asks for regions {', '.join(choice.regions)}; give --region-map FILE "
+            "(provider id: region) or --label-regions to deal them to nodes as labels"
+        )
+    if settings.pop("label_regions", False):
+        settings["label_regions"] = choice.regions
+    elif settings.get("regions") and choice.regions:
+        settings.setdefault("allowed_regions", choice.regions)  # rent only providers in the suite's regions
+    try:
+        config = GolemFleetConfig(
+            nodes=choice.nodes,
+            runtime=choice.runtime,
+            model=choice.model,
+            node_concurrency=choice.parallel or 4,
+            shim_token=token,
+            log_dir=data_dir / "golem-logs",
+            **settings,
+        )
+    except ValidationError as exc:
+        raise UsageError(f"--fleet golem: {one_line(exc)}") from None
+
+    def record(provider_id: str) -> ProviderRecord | None:
+        if store is None:
+            return None
+        runs, lost = store.provider_history(provider_id)
+        return ProviderRecord(provider_id=provider_id, runs=runs, failures=lost) if runs else None
+
+    return GolemFleet(config, provider_record=record)
+
+
+
+
+def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:
+    return DispatchConfig(
+        limits=suite.limits,
+        per_node_concurrency=choice.parallel or suite.limits.per_node_concurrency,
+        # Golem fleets replace lost nodes: give them time before failing unservable jobs.
+        unmatched_wait_s=300.0 if choice.kind == "golem" else 0.0,
+    )
+
+
+async def execute_run(
+    store: Store,
+    run: RunRow,
+    fleet: Fleet,
+    config: DispatchConfig,
+    receipts: Receipts | None = None,
+    on_progress: Callable[[RunProgress], None] | None = None,
+    on_fleet_ready: Callable[[Fleet], None] | None = None,
+    on_perf: Callable[[str, dict[str, Any]], None] | None = None,
+    on_fleet_note: Callable[[str], None] | None = None,
+) -> RunRow:
+    """Bring the fleet up, dispatch every unfinished job, benchmark the nodes (suite `perf`), close the run."""
+    reset = store.reset_running(run.run_id)
+    if reset:
+        store.add_event(run.run_id, "resumed", reset=reset)
+    listeners = [f for f in (fleet.progress, on_fleet_note) if f is not None]
+
+    def note(line: str) -> None:
+        store.add_event(run.run_id, "fleet_progress", message=line)
+        for listener in listeners:
+            listener(line)
+
+    fleet.progress = note
+    perf_ok = True
+    try:
+        async with fleet:
+            if on_fleet_ready:
+                on_fleet_ready(fleet)
+            dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
+            progress = await dispatcher.run()
+            if run.suite is not None and run.suite.perf is not None:
+
+                perf_ok = all(o.ok for o in await run_suite_perf(store, run, fleet, on_perf))
+    finally:
+        # Once the fleet has stopped: its agreements are closed, and the last invoices (yapapi's
+        # engine waits for them while it shuts down) are in.
+        save_accounting(store, run.run_id, fleet)
+    status = "done" if progress.failed == 0 and perf_ok else "failed"
+    return store.finish_run(run.run_id, status)
+
+
+async def bench_fleet(
+    store: Store,
+    suite: Suite,
+    choice: FleetChoice,
+    data_dir: Path,
+    token: SecretStr | None,
+    *,
+    on_planned: Callable[[RunRow], None] | None = None,
+    listener: PerfListener | None = None,
+) -> tuple[RunRow, list[BenchResultRow]]:
+    """Record a perf-only run, bring the fleet up, benchmark every node, close the run.
+
+    `choice` is the runner's `FleetChoice`. Returns the finished run and its stored results.
+    """
+    if suite.perf is None:
+        raise BeaconError("bench_fleet needs a suite with a perf section")
+    choice = fleet_for_suite(choice, suite)
+    check_fleet(suite, choice)
+    fleet = build_fleet(choice, data_dir, token, store)  # a bad fleet setting fails before the store is touched
+    run = plan_run(store, suite, "beacon bench --fleet", choice)
+    if on_planned is not None:
+        on_planned(run)
+    final = await execute_run(store, run, fleet, dispatch_config(suite, choice), on_perf=listener)
+    return final, store.bench_results(run.run_id)
