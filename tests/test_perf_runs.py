@@ -19,7 +19,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from beacon_golem.api.bodies import JobSpec, PerfJob
+from beacon_golem.api.bodies import JobSubmission, PerfJob
 from beacon_golem.api.client import ShimClient
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.inference import GenerationRequest
@@ -96,7 +96,7 @@ def test_a_requestor_may_read_a_prompt_file() -> None:
 
 
 # ---- the shim's perf job ------------------------------------------------------------------------
-def _perf_job() -> JobSpec:
+def _perf_job() -> JobSubmission:
     return perf_job_for(parse_suite(PERF_ONLY).perf, "test perf")  # type: ignore[arg-type]
 
 
@@ -107,8 +107,8 @@ async def test_perf_job_runs_next_to_the_runtime_and_is_durable(shim_url: str, s
         view = await client.wait_job(accepted.id, poll_s=0.1)
     assert view.state == "done" and view.kind == "perf" and view.error is None
     assert view.completed == 2 and view.failed == 0 and view.results is None
-    result = view.bench_result
-    assert result is not None
+    assert view.bench_result is not None
+    result = view.bench_result.to_json_dict()  # the wire form: vLLM's keys
     # The load went straight to the runtime, not through the shim.
     assert result["target"]["via"] == "runtime" and result["target"]["url"] == llama_server
     steps = result["steps"]
@@ -125,7 +125,7 @@ async def test_perf_job_runs_next_to_the_runtime_and_is_durable(shim_url: str, s
     # A restarted shim still has the finished job and its result.
     async with serve_app(create_app(shim_config)) as url, ShimClient(url) as client:
         again = await client.job(accepted.id)
-    assert again.state == "done" and again.bench_result == result
+    assert again.state == "done" and again.bench_result is not None and again.bench_result.to_json_dict() == result
 
 
 async def test_a_job_is_a_batch_or_a_benchmark_never_both(shim_url: str) -> None:
@@ -144,7 +144,7 @@ async def test_a_job_is_a_batch_or_a_benchmark_never_both(shim_url: str) -> None
             assert resp.status == 422, name
             assert "\n" not in error["error"]
     with pytest.raises(ValueError, match="exactly one of 'requests'"):
-        JobSpec(requests=[GenerationRequest(prompt="x")], perf=plan)
+        JobSubmission(requests=[GenerationRequest(prompt="x")], perf=plan)
     with pytest.raises(ValueError, match="prompt_file"):
         PerfJob.model_validate({**plan.model_dump(), "prompts": {"prompt_file": "a.txt"}})
 

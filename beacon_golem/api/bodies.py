@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
-from beacon_golem.core.bench import PerfPlan
+from beacon_golem.core.bench import BenchResult, PerfPlan
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
 
 
@@ -27,7 +27,7 @@ class Health(BaseModel):
 
 
 
-JobState = Literal["queued", "running", "done", "cancelled"]
+NodeJobState = Literal["queued", "running", "done", "cancelled"]
 JobKind = Literal["requests", "perf"]
 
 
@@ -43,7 +43,7 @@ class PerfJob(PerfPlan):
         return self
 
 
-class JobSpec(BaseModel):
+class JobSubmission(BaseModel):
     """POST /jobs: a batch of normalized requests, or one performance benchmark, run next to the runtime."""
 
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +54,7 @@ class JobSpec(BaseModel):
     label: str | None = Field(default=None, max_length=200)
 
     @model_validator(mode="after")
-    def _one_kind(self) -> JobSpec:
+    def _one_kind(self) -> JobSubmission:
         if (self.requests is None) == (self.perf is None):
             raise ValueError("give exactly one of 'requests' (a batch) or 'perf' (a benchmark)")
         return self
@@ -83,13 +83,13 @@ class JobItem(BaseModel):
 
 class JobAccepted(BaseModel):
     id: str
-    state: JobState
+    state: NodeJobState
     total: int
 
 
 class JobView(BaseModel):
     id: str
-    state: JobState
+    state: NodeJobState
     kind: JobKind = "requests"
     label: str | None = None
     #: Requests in a batch; steps of a benchmark (completed: steps finished so far).
@@ -99,7 +99,11 @@ class JobView(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     results: list[JobItem] | None = None
-    #: A finished benchmark: the `BenchResult` as `to_json_dict()` writes it (vLLM keys per step).
-    bench_result: dict[str, Any] | None = None
+    #: A finished benchmark; on the wire as `to_json_dict()` writes it (vLLM keys per step).
+    bench_result: BenchResult | None = None
     #: Why a benchmark produced no result.
     error: str | None = None
+
+    @field_serializer("bench_result")
+    def _vllm_keys(self, bench: BenchResult | None) -> dict[str, Any] | None:
+        return bench.to_json_dict() if bench is not None else None

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from beacon_golem.api.bodies import Health, JobAccepted, JobSpec, JobView
+from beacon_golem.api.bodies import Health, JobAccepted, JobSubmission, JobView
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
 from beacon_golem.core.node import NodeInfo
@@ -111,7 +111,7 @@ class ShimClient:
     async def infer(self, request: GenerationRequest) -> GenerationResult:
         return await self._call("POST", "/inference", GenerationResult, request)
 
-    async def submit_job(self, spec: JobSpec) -> JobAccepted:
+    async def submit_job(self, spec: JobSubmission) -> JobAccepted:
         # A benchmark's nulls mean something (num_prompts: null = stop on duration only): send them.
         return await self._call("POST", "/jobs", JobAccepted, spec, exclude_none=spec.perf is None)
 

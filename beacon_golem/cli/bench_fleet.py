@@ -16,23 +16,24 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from beacon_golem.core.bench import PromptSpec
+from beacon_golem.core.bench import PromptSpec, StepResult
 from beacon_golem.core.config import load_settings
-from beacon_golem.core.errors import UsageError, one_line
+from beacon_golem.core.errors import BeaconError, UsageError, one_line
 from beacon_golem.core.metrics import SLO
 from beacon_golem.core.profiles import Profile
 from beacon_golem.requestor.fleets.static import StaticNodeSpec
-from beacon_golem.requestor.store.store import BenchResultRow, RunRow, open_store
+from beacon_golem.requestor.store.rows import BenchResultRow, RunRow
+from beacon_golem.requestor.store.store import open_store
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)
 err = Console(stderr=True)
 
 
-def _step(step: dict[str, Any]) -> str:
-    if step.get("mode") == "rate":
-        return f"{step.get('request_rate')}/s"
-    return f"c={step.get('max_concurrency')}" if step.get("max_concurrency") is not None else str(step.get("step_label"))
+def _step(step: StepResult) -> str:
+    if step.mode == "rate":
+        return f"{step.request_rate}/s"
+    return f"c={step.max_concurrency}" if step.max_concurrency is not None else step.step_label
 
 
 def fleet_table(rows: list[BenchResultRow], regions: dict[str, str | None]) -> Table:
@@ -43,15 +44,19 @@ def fleet_table(rows: list[BenchResultRow], regions: dict[str, str | None]) -> T
     for col in columns:
         table.add_column(col, justify="left" if col in ("node", "region", "where", "runtime", "step") else "right")
     for row in rows:
-        runtime = str((row.result.get("target") or {}).get("runtime") or "?")
-        for i, s in enumerate(row.steps):
+        try:
+            result = row.bench_result()
+        except BeaconError as exc:
+            table.add_row(row.node_id, regions.get(row.node_id) or "-", row.where, "?", f"unreadable: {exc}")
+            continue
+        for i, s in enumerate(result.steps):
             first = i == 0
             table.add_row(
                 row.node_id if first else "", (regions.get(row.node_id) or "-") if first else "", row.where if first else "",
-                runtime if first else "", _step(s) + (" !" if s.get("overloaded") else ""),
-                f"{s.get('completed', 0)}/{s.get('failed', 0)}", f"{s.get('request_throughput', 0):.2f}",
-                f"{s.get('output_throughput', 0):,.0f}", f"{s.get('median_ttft_ms', 0):.1f}", f"{s.get('p99_ttft_ms', 0):.1f}",
-                f"{s.get('median_tpot_ms', 0):.2f}", f"{s.get('p99_e2el_ms', 0):.1f}",
+                result.target.runtime if first else "", _step(s) + (" !" if s.overloaded else ""),
+                f"{s.completed}/{s.failed}", f"{s.request_throughput:.2f}",
+                f"{s.output_throughput:,.0f}", f"{s.median_ttft_ms:.1f}", f"{s.p99_ttft_ms:.1f}",
+                f"{s.median_tpot_ms:.2f}", f"{s.p99_e2el_ms:.1f}",
             )  # fmt: skip
     return table
 

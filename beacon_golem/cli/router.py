@@ -11,7 +11,7 @@ from rich.console import Console
 from beacon_golem.cli import app
 from beacon_golem.core.config import install_event_loop, load_settings
 from beacon_golem.core.errors import UsageError
-from beacon_golem.requestor.gateway.router import REGION_HEADER, create_router_app
+from beacon_golem.requestor.gateway.gateway import REGION_HEADER, create_router_app
 from beacon_golem.requestor.work.driver import FleetChoice, build_fleet
 
 out = Console(soft_wrap=True)

@@ -17,7 +17,8 @@ from rich.table import Table
 from beacon_golem.cli import app
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.files import write_text_atomic
-from beacon_golem.requestor.store.store import JobRow, ResultRow, RunRow, Store, default_db_path
+from beacon_golem.requestor.store.rows import JobRow, ResultRow, RunRow
+from beacon_golem.requestor.store.store import Store, default_db_path
 
 runs_app = typer.Typer(help="Runs recorded in the store: list, show, export; plan a suite.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")

@@ -45,7 +45,6 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 RUNTIMES = ("llamacpp", "vllm", "ollama", "dmr")
 TINY = "tiny"
 EXIT_CONFIG, EXIT_MISSING, EXIT_FAILED = 2, 3, 4

@@ -28,7 +28,8 @@ from pydantic import BaseModel, Field
 
 from beacon_golem.core.clock import utcnow
 from beacon_golem.core.errors import BeaconError
-from beacon_golem.requestor.store.store import JobRow, ResultRow, Store
+from beacon_golem.requestor.store.rows import JobRow, ResultRow
+from beacon_golem.requestor.store.store import Store
 
 SIMILARITY_METHOD = (
     "difflib.SequenceMatcher ratio over word sequences of normalized text "

@@ -28,14 +28,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from beacon_golem.core.bench import StepResult
 from beacon_golem.core.clock import utcnow
+from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.files import write_text_atomic
 from beacon_golem.core.matrix import Matrix
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
 from beacon_golem.reports.differences import DifferenceReport, build_report
 from beacon_golem.reports.matrix import runtimes_text
 from beacon_golem.requestor.store.matrix import matrix_from_store
-from beacon_golem.requestor.store.store import BenchResultRow, NodeRow, Store
+from beacon_golem.requestor.store.rows import BenchResultRow, NodeRow
+from beacon_golem.requestor.store.store import Store
 
 PERCENTILES = ("p50", "p90", "p99")
 #: Charts are drawn at the width of the page's content; the browser scales them down on narrower screens.
@@ -168,60 +171,62 @@ def _float(value: Any, default: float = 0.0) -> float:
     return out if math.isfinite(out) else default
 
 
-def _step_point(step: dict[str, Any]) -> StepPoint:
-    mode = str(step.get("mode") or "concurrency")
-    if mode == "rate":
-        rate = step.get("request_rate")
-        x = _float(rate, math.nan) if rate not in (None, "inf") else None
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _step_point(step: StepResult) -> StepPoint:
+    if step.mode == "rate":
+        x = _finite(step.request_rate) if isinstance(step.request_rate, float | int) else None
     else:
-        x = _float(step.get("max_concurrency"), math.nan) if step.get("max_concurrency") is not None else None
-    if x is not None and not math.isfinite(x):
-        x = None
+        x = _finite(float(step.max_concurrency)) if step.max_concurrency is not None else None
 
     def pcts(metric: str) -> dict[str, float]:
-        keys = {"p50": f"p50_{metric}_ms", "p90": f"p90_{metric}_ms", "p99": f"p99_{metric}_ms", "mean": f"mean_{metric}_ms"}
-        return {name: _float(step.get(key)) for name, key in keys.items() if step.get(key) is not None}
+        return {name: _float(getattr(step, f"{name}_{metric}_ms")) for name in ("p50", "p90", "p99", "mean")}
 
-    goodput = step.get("request_goodput")
     return StepPoint(
-        label=str(step.get("step_label") or step.get("label") or f"step {step.get('step', '?')}"),
-        mode=mode,
+        label=step.step_label or step.label or f"step {step.step}",
+        mode=step.mode,
         x=x,
-        completed=int(step.get("completed") or 0),
-        failed=int(step.get("failed") or 0),
-        duration=_float(step.get("duration")),
-        request_throughput=_float(step.get("request_throughput")),
-        output_throughput=_float(step.get("output_throughput")),
-        total_token_throughput=_float(step.get("total_token_throughput")),
-        request_goodput=_float(goodput) if goodput is not None else None,
-        total_output_tokens=int(step.get("total_output_tokens") or 0),
+        completed=step.completed,
+        failed=step.failed,
+        duration=_float(step.duration),
+        request_throughput=_float(step.request_throughput),
+        output_throughput=_float(step.output_throughput),
+        total_token_throughput=_float(step.total_token_throughput),
+        request_goodput=_finite(step.request_goodput),
+        total_output_tokens=step.total_output_tokens,
         ttft_ms=pcts("ttft"),
         tpot_ms=pcts("tpot"),
         e2el_ms=pcts("e2el"),
-        overloaded=bool(step.get("overloaded")),
+        overloaded=step.overloaded,
     )
 
 
 def _perf_bench(row: BenchResultRow, node: NodeRow | None) -> PerfBench:
-    result = row.result
-    target = result.get("target") if isinstance(result.get("target"), dict) else {}
-    warnings = [str(w) for w in result.get("warnings") or []]
-    for step in row.steps:
-        warnings += [f"{step.get('step_label', 'step')}: {w}" for w in step.get("warnings") or []]
-    return PerfBench(
-        bench_id=row.bench_id,
-        node_id=row.node_id,
-        region=node.region if node else None,
-        where=row.where,
-        runtime=str(target.get("runtime") or "?"),
-        runtime_version=target.get("runtime_version"),
-        model=str(target.get("model") or "?"),
-        via=target.get("via"),
+    base = PerfBench(
+        bench_id=row.bench_id, node_id=row.node_id, region=node.region if node else None, where=row.where,
         profile_kind=str(row.profile.get("kind") or "?"),
-        steps=[_step_point(s) for s in row.steps],
-        warnings=warnings,
-        stop_reason=result.get("stop_reason"),
-        slo=result.get("slo") if isinstance(result.get("slo"), dict) else None,
+    )  # fmt: skip
+    try:
+        result = row.bench_result()
+    except BeaconError as exc:  # a row an older version wrote, or a node's broken answer: shown, not fatal
+        return base.model_copy(update={"warnings": [str(exc)]})
+    warnings = list(result.warnings)
+    for step in result.steps:
+        warnings += [f"{step.step_label}: {w}" for w in step.warnings]
+    target = result.target
+    return base.model_copy(
+        update={
+            "runtime": target.runtime or "?",
+            "runtime_version": target.runtime_version,
+            "model": target.model or "?",
+            "via": target.via,
+            "steps": [_step_point(s) for s in result.steps],
+            "warnings": warnings,
+            "stop_reason": result.stop_reason,
+            "slo": result.slo.model_dump(mode="json") if result.slo is not None else None,
+        }
     )
 
 
@@ -292,7 +297,7 @@ def build_run_report(store: Store, run_id: str) -> RunReport:
 
     answers = store.results(run_id)
     node_ids = sorted({*nodes, *(b.node_id for b in benches), *(r.node_id for r in answers)})
-    fallback = {b.node_id: b.result.get("node") for b in benches}
+    fallback = {b.node_id: b.result.get("node") for b in benches}  # the fingerprint as the benchmark saw it
     fingerprints = [_fingerprint(n, nodes.get(n), fallback.get(n)) for n in node_ids]
 
     question_tokens: dict[str, int] = {}

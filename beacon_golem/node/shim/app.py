@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field, SecretStr
 
 from beacon_golem import __version__
-from beacon_golem.api.bodies import Health, JobAccepted, JobSpec
+from beacon_golem.api.bodies import Health, JobAccepted, JobSubmission
 from beacon_golem.api.server import (
     Handler,
     error_response,
@@ -267,7 +267,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def submit_job(request: web.Request) -> web.Response:
     shim = request.app[SHIM]
-    spec = await parse_body(request, JobSpec)
+    spec = await parse_body(request, JobSubmission)
     if spec.requests is not None and len(spec.requests) > shim.config.limits.max_job_requests:
         raise web.HTTPUnprocessableEntity(
             reason=f"requests: {len(spec.requests)} is more than this node takes in one job ({shim.config.limits.max_job_requests})"

@@ -5,7 +5,7 @@ Each job lives in `<data_dir>/jobs/<id>/`: `spec.json` (what was asked), `state.
 to disk as each request completes. A shim that restarts reloads every job, keeps every
 finished result and runs only the requests that had not finished.
 
-A perf job (`JobSpec.perf`) runs one benchmark next to the runtime: each finished step is
+A perf job (`JobSubmission.perf`) runs one benchmark next to the runtime: each finished step is
 appended to `steps.jsonl` (with the attempt number), and the whole `BenchResult` is written
 to `bench.json` (or the reason it failed to `error.json`) before the job is done. A shim
 that restarts mid-benchmark runs the benchmark again from its first step (a measurement cut
@@ -25,7 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from beacon_golem.api.bodies import JobItem, JobSpec, JobState, JobView, PerfJob
+from beacon_golem.api.bodies import JobItem, JobSubmission, JobView, NodeJobState, PerfJob
+from beacon_golem.core.bench import BenchResult, StepResult
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
 from beacon_golem.core.log import get_logger
@@ -33,12 +34,12 @@ from beacon_golem.core.log import get_logger
 log = get_logger(__name__)
 
 Generate = Callable[[GenerationRequest], Awaitable[GenerationResult]]
-#: Runs one benchmark on the node: (plan, called with each finished step's dict) -> BenchResult dict.
-PerfRunner = Callable[[PerfJob, Callable[[dict[str, Any]], None]], Awaitable[dict[str, Any]]]
+#: Runs one benchmark on the node: (plan, called with each finished step) -> its BenchResult.
+PerfRunner = Callable[[PerfJob, Callable[[StepResult], None]], Awaitable[BenchResult]]
 
 
 class _StateFile(BaseModel):
-    state: JobState
+    state: NodeJobState
     created_at: datetime
     finished_at: datetime | None = None
     #: Perf jobs: how many times the benchmark was started (a restart starts it again).
@@ -59,7 +60,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 class Job:
-    def __init__(self, job_id: str, spec: JobSpec, directory: Path, state: _StateFile) -> None:
+    def __init__(self, job_id: str, spec: JobSubmission, directory: Path, state: _StateFile) -> None:
         self.id = job_id
         self.spec = spec
         self.dir = directory
@@ -67,7 +68,7 @@ class Job:
         self.items: dict[int, JobItem] = {}
         self.task: asyncio.Task[None] | None = None
         #: Perf jobs: the result, or why there is none, and the steps finished in this attempt.
-        self.bench: dict[str, Any] | None = None
+        self.bench: BenchResult | None = None
         self.error: str | None = None
         self.steps_done = 0
 
@@ -92,14 +93,13 @@ class Job:
 
     def view(self, with_results: bool) -> JobView:
         if self.spec.perf is not None:
-            steps = self.bench.get("steps") if isinstance(self.bench, dict) else None
             return JobView(
                 id=self.id,
                 state=self.state.state,
                 kind="perf",
                 label=self.spec.label,
                 total=self.spec.total,
-                completed=len(steps) if isinstance(steps, list) else self.steps_done,
+                completed=len(self.bench.steps) if self.bench is not None else self.steps_done,
                 failed=1 if self.error else 0,
                 created_at=self.state.created_at,
                 finished_at=self.state.finished_at,
@@ -134,19 +134,24 @@ class JobManager:
         """Read every job back from disk and resume the unfinished ones."""
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             try:
-                spec = JobSpec.model_validate_json((directory / "spec.json").read_text())
+                spec = JobSubmission.model_validate_json((directory / "spec.json").read_text())
                 state = _StateFile.model_validate_json((directory / "state.json").read_text())
             except (OSError, ValidationError) as exc:
                 log.warning("job_unreadable", job=directory.name, error=str(exc).splitlines()[0])
                 continue
             job = Job(directory.name, spec, directory, state)
-            for name, attr in (("bench.json", "bench"), ("error.json", "error")):
-                try:
-                    setattr(job, attr, json.loads((directory / name).read_text()))
-                except FileNotFoundError:
-                    pass
-                except (OSError, ValueError) as exc:
-                    log.warning("job_file_unreadable", job=directory.name, file=name, error=str(exc))
+            try:
+                job.bench = BenchResult.model_validate_json((directory / "bench.json").read_text())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                log.warning("job_file_unreadable", job=directory.name, file="bench.json", error=str(exc).splitlines()[0])
+            try:
+                job.error = json.loads((directory / "error.json").read_text())
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError) as exc:
+                log.warning("job_file_unreadable", job=directory.name, file="error.json", error=str(exc))
             results = directory / "results.jsonl"
             if results.exists():
                 for line in results.read_text().splitlines():
@@ -160,7 +165,7 @@ class JobManager:
                 log.info("job_resumed", job=job.id, finished=len(job.items), total=spec.total)
                 self._start(job)
 
-    def submit(self, spec: JobSpec) -> Job:
+    def submit(self, spec: JobSubmission) -> Job:
         job_id = uuid.uuid4().hex
         directory = self.root / job_id
         directory.mkdir()
@@ -233,12 +238,12 @@ class JobManager:
         attempt = job.state.attempts
         job.steps_done = 0
 
-        def on_step(step: dict[str, Any]) -> None:  # may be called from the benchmark's own thread
-            job.append_line("steps.jsonl", {"attempt": attempt, "step": step})
+        def on_step(step: StepResult) -> None:  # may be called from the benchmark's own thread
+            job.append_line("steps.jsonl", {"attempt": attempt, "step": step.to_vllm_dict()})
             job.steps_done += 1
 
         error: str | None = None
-        result: dict[str, Any] | None = None
+        result: BenchResult | None = None
         try:
             if self.perf is None:
                 raise BeaconError("this node does not run benchmarks")
@@ -251,7 +256,7 @@ class JobManager:
             log.exception("perf_job_crashed", job=job.id)
             error = f"the benchmark failed: {type(exc).__name__}: {exc}"
         if result is not None:
-            job.write_json("bench.json", result)
+            job.write_json("bench.json", result.to_json_dict())
             job.bench = result
         else:
             job.write_json("error.json", error)

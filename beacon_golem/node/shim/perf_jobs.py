@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from beacon_golem.api.bodies import PerfJob
-from beacon_golem.core.bench import StepResult
+from beacon_golem.core.bench import BenchResult, StepResult
 from beacon_golem.core.node import NodeInfo
 from beacon_golem.node.loadgen.run_bench import run_bench
 from beacon_golem.node.loadgen.target import Target
@@ -88,21 +88,18 @@ class PerfHost(Protocol):
 def node_perf_runner(shim: PerfHost) -> PerfRunner:
     """The `PerfRunner` a shim gives its JobManager: `run_bench` against the shim's runtime URL."""
 
-    async def run(plan: PerfJob, on_step: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    async def run(plan: PerfJob, on_step: Callable[[StepResult], None]) -> BenchResult:
         model = plan.model or await shim.default_model()
         info = await shim.info()
         target = Target(url=shim.runtime.base_url, runtime=shim.runtime.name, model=model)
 
-        def step_done(step: StepResult) -> None:
-            on_step(step.to_vllm_dict())
-
         result = await run_in_own_loop(
             lambda: run_bench(
-                target, plan.profile, plan.prompts, slo=plan.slo, detailed=plan.detailed, on_step=step_done
+                target, plan.profile, plan.prompts, slo=plan.slo, detailed=plan.detailed, on_step=on_step
             ),
             name="perf-job",
         )
         result.node = info.model_dump(mode="json")
-        return result.to_json_dict()
+        return result
 
     return run

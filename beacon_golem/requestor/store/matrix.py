@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.matrix import NOTE_EVENT, Matrix, NodeProbe, build_matrix
-from beacon_golem.requestor.store.store import NodeRow, Store
+from beacon_golem.requestor.store.rows import NodeRow
+from beacon_golem.requestor.store.store import Store
 
 
 def matrix_from_store(store: Store, run_id: str) -> Matrix | None:

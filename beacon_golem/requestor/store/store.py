@@ -22,159 +22,48 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from beacon_golem.core.bench import BenchResult
 from beacon_golem.core.canonical import canonical_json
 from beacon_golem.core.clock import to_ts, utcnow
 from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import BeaconError, UsageError
-from beacon_golem.core.inference import GenerationRequest, GenerationResult
-from beacon_golem.core.node import Node, NodeInfo
-from beacon_golem.core.probe import ProbeReport
+from beacon_golem.core.inference import GenerationResult
+from beacon_golem.core.node import Node
+from beacon_golem.core.profiles import Profile
 from beacon_golem.core.suite import PlannedJob, Suite
+from beacon_golem.requestor.store.rows import (
+    JOB_STATES,
+    BenchResultRow,
+    BenchWhere,
+    EventRow,
+    JobRow,
+    NodeRow,
+    RawResultRow,
+    ResultRow,
+    RunJobState,
+    RunRow,
+    RunStatus,
+    job_id_for,
+    new_run_id,
+    to_json_text,
+)
+from beacon_golem.requestor.store.schema import SCHEMA_VERSION, create_schema, migrate
 
-SCHEMA_VERSION = 3
 DB_FILENAME = "beacon.db"
 
-JobState = Literal["pending", "running", "done", "failed"]
-JOB_STATES: tuple[JobState, ...] = ("pending", "running", "done", "failed")
-RunStatus = Literal["running", "done", "failed", "cancelled", "interrupted"]
-NodeStatus = Literal["alive", "lost"]
-BenchWhere = Literal["node", "requestor"]
-#: 'suite': a suite's questions and/or perf; 'pilot': the compatibility pilot (no suite, no jobs).
-RunKind = Literal["suite", "pilot"]
 
-#: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
-_BENCH_SCHEMA = """
-CREATE TABLE bench_results (
-    bench_id     INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id       TEXT NOT NULL REFERENCES runs(run_id),
-    node_id      TEXT NOT NULL,
-    "where"      TEXT NOT NULL CHECK ("where" IN ('node','requestor')),
-    label        TEXT,
-    profile_json TEXT NOT NULL,
-    result_json  TEXT NOT NULL,
-    created_at   TEXT NOT NULL
-);
-CREATE INDEX bench_results_run ON bench_results(run_id, bench_id);
-CREATE TRIGGER bench_results_never_deleted BEFORE DELETE ON bench_results
-BEGIN
-    SELECT RAISE(ABORT, 'stored bench results are never deleted');
-END;
-"""
-#: Schema 3: the compatibility pilot. Shared by new databases and the migration from 2.
-_PILOT_SCHEMA = """
-ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'suite' CHECK (kind IN ('suite','pilot'));
-ALTER TABLE nodes ADD COLUMN probe_json TEXT;
-ALTER TABLE nodes ADD COLUMN probe_error TEXT;
-ALTER TABLE nodes ADD COLUMN probed_at TEXT;
-"""
-#: version -> the script that brings the version before it up to it.
-_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA}
 
-_SCHEMA = f"""
-CREATE TABLE schema_version (
-    version     INTEGER NOT NULL,
-    created_at  TEXT NOT NULL
-);
-CREATE TABLE runs (
-    run_id       TEXT PRIMARY KEY,
-    suite_name   TEXT NOT NULL,
-    suite_hash   TEXT NOT NULL,
-    suite_json   TEXT NOT NULL,
-    suite_source TEXT,
-    fleet_json   TEXT NOT NULL,
-    status       TEXT NOT NULL CHECK (status IN ('running','done','failed','cancelled','interrupted')),
-    created_at   TEXT NOT NULL,
-    finished_at  TEXT
-);
-CREATE TABLE jobs (
-    job_id      TEXT PRIMARY KEY,
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    seq         INTEGER NOT NULL,
-    job_key     TEXT NOT NULL,
-    question_id TEXT NOT NULL,
-    category    TEXT NOT NULL,
-    model       TEXT NOT NULL,
-    runtime     TEXT NOT NULL,
-    region      TEXT NOT NULL,
-    repetition  INTEGER NOT NULL,
-    spec_json   TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('pending','running','done','failed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    node_id     TEXT,
-    error       TEXT,
-    updated_at  TEXT NOT NULL,
-    UNIQUE (run_id, job_key),
-    UNIQUE (run_id, seq)
-);
-CREATE INDEX jobs_run_state ON jobs(run_id, state);
-CREATE TABLE results (
-    result_id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id       TEXT NOT NULL UNIQUE REFERENCES jobs(job_id),
-    run_id       TEXT NOT NULL REFERENCES runs(run_id),
-    node_id      TEXT NOT NULL,
-    text         TEXT NOT NULL,
-    result_json  TEXT NOT NULL,
-    started_at   TEXT NOT NULL,
-    ended_at     TEXT NOT NULL,
-    receipt_json TEXT,
-    created_at   TEXT NOT NULL
-);
-CREATE INDEX results_run ON results(run_id);
-CREATE TRIGGER results_never_deleted BEFORE DELETE ON results
-BEGIN
-    SELECT RAISE(ABORT, 'stored results are never deleted');
-END;
-CREATE TRIGGER jobs_never_deleted BEFORE DELETE ON jobs
-BEGIN
-    SELECT RAISE(ABORT, 'stored jobs are never deleted');
-END;
-CREATE TRIGGER runs_never_deleted BEFORE DELETE ON runs
-BEGIN
-    SELECT RAISE(ABORT, 'stored runs are never deleted');
-END;
-CREATE TABLE nodes (
-    run_id        TEXT NOT NULL REFERENCES runs(run_id),
-    node_id       TEXT NOT NULL,
-    url           TEXT NOT NULL,
-    region        TEXT,
-    fleet         TEXT NOT NULL,
-    provider_id   TEXT,
-    provider_name TEXT,
-    info_json     TEXT,
-    extra_json    TEXT NOT NULL DEFAULT '{{}}',
-    status        TEXT NOT NULL CHECK (status IN ('alive','lost')),
-    lost_reason   TEXT,
-    first_seen    TEXT NOT NULL,
-    last_seen     TEXT NOT NULL,
-    PRIMARY KEY (run_id, node_id)
-);
-CREATE TABLE events (
-    event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id      TEXT NOT NULL REFERENCES runs(run_id),
-    ts          TEXT NOT NULL,
-    kind        TEXT NOT NULL,
-    node_id     TEXT,
-    job_id      TEXT,
-    detail_json TEXT NOT NULL
-);
-CREATE INDEX events_run ON events(run_id, event_id);
-{_BENCH_SCHEMA}
-{_PILOT_SCHEMA}
-INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
-"""
 
 
 
@@ -185,165 +74,26 @@ def default_db_path() -> Path:
     return load_settings().data_dir / DB_FILENAME
 
 
-def new_run_id(now: datetime | None = None) -> str:
-    """`20250822-143400-3fa9c1`: sortable by time, unique by its random tail."""
-    return f"{(now or utcnow()).astimezone(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
 
 
-def _json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 # ---------------------------------------------------------------------------------------
 # Row models: one per table, what every read returns.
 
 
-class RunRow(BaseModel):
-    run_id: str
-    kind: RunKind = "suite"
-    suite_name: str
-    suite_hash: str
-    #: None for a pilot run (`kind == "pilot"`): it has no suite and no jobs.
-    suite: Suite | None = None
-    suite_source: str | None = None
-    fleet_desc: Any = None
-    status: RunStatus
-    created_at: datetime
-    finished_at: datetime | None = None
-    #: Jobs per state, every state present (0 when none).
-    job_counts: dict[str, int] = Field(default_factory=dict)
-
-    @property
-    def total_jobs(self) -> int:
-        return sum(self.job_counts.values())
 
 
-class JobRow(BaseModel):
-    job_id: str
-    run_id: str
-    seq: int
-    job_key: str
-    question_id: str
-    category: str
-    model: str
-    runtime: str
-    region: str
-    repetition: int
-    #: The job's spec (suite hash, key, question, model, region, request): what a receipt's
-    #: `job_spec_hash` is the hash of.
-    spec: dict[str, Any]
-    state: JobState
-    attempts: int
-    node_id: str | None = None
-    error: str | None = None
-    updated_at: datetime
-
-    @property
-    def request(self) -> GenerationRequest:
-        return GenerationRequest.model_validate(self.spec["request"])
 
 
-class ResultRow(BaseModel):
-    result_id: int
-    job_id: str
-    run_id: str
-    node_id: str
-    text: str
-    result: GenerationResult
-    started_at: datetime
-    ended_at: datetime
-    receipt: dict[str, Any] | None = None
-    created_at: datetime
 
 
-class RawResultRow(BaseModel):
-    """A done job and its result exactly as stored (strings, unparsed): what `verify` reads."""
-
-    job_id: str
-    run_id: str
-    seq: int
-    job_key: str
-    question_id: str
-    model: str
-    region: str
-    job_state: str
-    spec_json: str
-    has_result: bool
-    node_id: str | None = None
-    text: str | None = None
-    result_json: str | None = None
-    started_at: str | None = None
-    ended_at: str | None = None
-    receipt_json: str | None = None
 
 
-class NodeRow(BaseModel):
-    run_id: str
-    node_id: str
-    url: str
-    region: str | None = None
-    fleet: str
-    provider_id: str | None = None
-    provider_name: str | None = None
-    info: NodeInfo | None = None
-    extra: dict[str, Any] = Field(default_factory=dict)
-    status: NodeStatus
-    lost_reason: str | None = None
-    first_seen: datetime
-    last_seen: datetime
-    #: The node's probe report (GET /probe) as stored, plain JSON; None when not asked or it failed.
-    probe: dict[str, Any] | None = None
-    #: Why the node has no probe report (it did not answer, or answered something else).
-    probe_error: str | None = None
-    probed_at: datetime | None = None
-
-    def probe_report(self) -> Any:
-        """The stored probe as a `ProbeReport` (None when there is none; BeaconError when it no longer reads)."""
-        if self.probe is None:
-            return None
-        try:
-            return ProbeReport.model_validate(self.probe)
-        except (ValidationError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            raise BeaconError(f"stored probe of node {self.node_id} is not readable: {first}") from None
 
 
-class BenchResultRow(BaseModel):
-    """One stored benchmark: which node, run from where, with what profile, and its result."""
-
-    bench_id: int
-    run_id: str
-    node_id: str
-    where: BenchWhere
-    label: str | None = None
-    #: The load profile as given (`beacon_golem.core.profiles`), plain JSON.
-    profile: dict[str, Any]
-    #: The `BenchResult` as `to_json_dict()` writes it: vLLM's keys per step.
-    result: dict[str, Any]
-    created_at: datetime
-
-    @property
-    def steps(self) -> list[dict[str, Any]]:
-        steps = self.result.get("steps")
-        return [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
-
-    def bench_result(self) -> Any:
-        """The result as a `BenchResult` model (raises BeaconError when its schema no longer reads)."""
-        try:
-            return BenchResult.model_validate(self.result)
-        except (ValidationError, ValueError) as exc:
-            first = str(exc).splitlines()[0]
-            raise BeaconError(f"stored bench result {self.bench_id} is not readable: {first}") from None
 
 
-class EventRow(BaseModel):
-    event_id: int
-    run_id: str
-    ts: datetime
-    kind: str
-    node_id: str | None = None
-    job_id: str | None = None
-    detail: dict[str, Any] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------
@@ -417,7 +167,7 @@ class Store:
                         f"written by a newer beacon-golem (schema {version}; this one reads {SCHEMA_VERSION})"
                     )
                 if version < SCHEMA_VERSION and not self.readonly:
-                    self._migrate(conn, version)
+                    migrate(conn, version)
             if not self.readonly:
                 conn.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as exc:
@@ -435,28 +185,7 @@ class Store:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
         if not mode or str(mode[0]).lower() != "wal":
             raise self._fail("cannot switch the database to WAL mode")
-        # One script, one transaction: a crash leaves either no schema or all of it.
-        try:
-            conn.executescript("BEGIN IMMEDIATE;\n" + _SCHEMA.replace("{now}", to_ts(utcnow())) + "\nCOMMIT;")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
-        """Bring a file of an older schema up to this one, one transaction per step; no data is touched."""
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            script = _MIGRATIONS[target]
-            try:
-                conn.executescript(
-                    "BEGIN IMMEDIATE;\n" + script
-                    + f"\nINSERT INTO schema_version (version, created_at) VALUES ({target}, '{to_ts(utcnow())}');"
-                    + "\nCOMMIT;"
-                )  # fmt: skip
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        create_schema(conn)
 
     def schema_version(self) -> int:
         row = self._query("SELECT MAX(version) FROM schema_version")
@@ -535,7 +264,7 @@ class Store:
                     "INSERT INTO runs (run_id, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
                     " status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
                     (run_id, suite.name, suite_hash, canonical_json(suite.canonical()), suite_source,
-                     _json(fleet_desc), now),
+                     to_json_text(fleet_desc), now),
                 )  # fmt: skip
                 conn.executemany(
                     "INSERT INTO jobs (job_id, run_id, seq, job_key, question_id, category, model, runtime,"
@@ -559,7 +288,7 @@ class Store:
                 conn.execute(
                     "INSERT INTO runs (run_id, kind, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
                     " status, created_at) VALUES (?, 'pilot', 'pilot', '', 'null', 'beacon pilot', ?, 'running', ?)",
-                    (run_id, _json(fleet_desc), to_ts(utcnow())),
+                    (run_id, to_json_text(fleet_desc), to_ts(utcnow())),
                 )
             except sqlite3.IntegrityError as exc:
                 raise BeaconError(f"cannot record run {run_id}: {exc}") from None
@@ -635,7 +364,7 @@ class Store:
         data = {k: row[k] for k in row.keys() if k != "spec_json"} | {"spec": spec}
         return self._parse(JobRow, data, f"job {row['job_id']}")
 
-    def jobs(self, run_id: str, states: Sequence[JobState] | None = None) -> list[JobRow]:
+    def jobs(self, run_id: str, states: Sequence[RunJobState] | None = None) -> list[JobRow]:
         """The run's jobs in plan order, optionally only those in `states`."""
         sql, params = "SELECT * FROM jobs WHERE run_id = ?", [run_id]
         if states is not None:
@@ -689,7 +418,7 @@ class Store:
         """
         if isinstance(receipt, BaseModel):
             receipt = receipt.model_dump(mode="json")
-        receipt_json = _json(receipt) if receipt is not None else None
+        receipt_json = to_json_text(receipt) if receipt is not None else None
         with self._tx() as conn:
             job = self._require_job(conn, job_id)
             if conn.execute("SELECT 1 FROM results WHERE job_id = ?", (job_id,)).fetchone():
@@ -826,7 +555,7 @@ class Store:
                     " extra_json = excluded.extra_json, status = 'alive', lost_reason = NULL,"
                     " last_seen = excluded.last_seen",
                     (run_id, node.node_id, node.url, node.region, node.fleet, node.provider_id, node.provider_name,
-                     info, _json(node.extra), now, now),
+                     info, to_json_text(node.extra), now, now),
                 )  # fmt: skip
             except sqlite3.IntegrityError:
                 raise UsageError(f"no run '{run_id}' in {self.path}") from None
@@ -844,7 +573,7 @@ class Store:
             cur = conn.execute(
                 "UPDATE nodes SET probe_json = COALESCE(probe_json, ?), probe_error = ?, probed_at = ?"
                 " WHERE run_id = ? AND node_id = ?",
-                (_json(probe) if probe is not None else None, error, to_ts(utcnow()), run_id, node_id),
+                (to_json_text(probe) if probe is not None else None, error, to_ts(utcnow()), run_id, node_id),
             )
         return cur.rowcount > 0
 
@@ -868,7 +597,7 @@ class Store:
         with self._tx() as conn:
             conn.execute(
                 "UPDATE nodes SET extra_json = ? WHERE run_id = ? AND node_id = ?",
-                (_json({**node.extra, **values}), run_id, node_id),
+                (to_json_text({**node.extra, **values}), run_id, node_id),
             )
 
     def provider_history(self, provider_id: str) -> tuple[int, int]:
@@ -891,27 +620,27 @@ class Store:
         node_id: str,
         where: BenchWhere,
         label: str | None,
-        profile: dict[str, Any] | BaseModel,
-        result: dict[str, Any] | BaseModel,
+        profile: Profile | dict[str, Any],
+        result: BenchResult | dict[str, Any],
     ) -> BenchResultRow:
         """Store one benchmark of a node. Every call adds a row; none is ever replaced or deleted.
 
-        `result` is a `BenchResult` (stored as its `to_json_dict()`: vLLM keys per step) or that dict.
+        `result` is stored as `BenchResult.to_json_dict()` writes it (vLLM keys per step); a dict is
+        taken as already in that form (results of earlier versions, tests of unreadable rows).
         """
         if where not in ("node", "requestor"):
             raise ValueError(f"where must be 'node' or 'requestor', not {where!r}")
         if isinstance(profile, BaseModel):
             profile = profile.model_dump(mode="json")
-        if isinstance(result, BaseModel):
-            to_json = getattr(result, "to_json_dict", None)
-            result = to_json() if callable(to_json) else result.model_dump(mode="json", by_alias=True)
+        if isinstance(result, BenchResult):
+            result = result.to_json_dict()
         now = to_ts(utcnow())
         with self._tx() as conn:
             try:
                 cur = conn.execute(
                     'INSERT INTO bench_results (run_id, node_id, "where", label, profile_json, result_json, created_at)'
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, node_id, where, label, _json(profile), _json(result), now),
+                    (run_id, node_id, where, label, to_json_text(profile), to_json_text(result), now),
                 )
             except sqlite3.IntegrityError:
                 raise UsageError(f"no run '{run_id}' in {self.path}") from None
@@ -949,14 +678,14 @@ class Store:
             try:
                 cur = conn.execute(
                     "INSERT INTO events (run_id, ts, kind, node_id, job_id, detail_json) VALUES (?, ?, ?, ?, ?, ?)",
-                    (run_id, to_ts(now), kind, node_id, job_id, _json(detail)),
+                    (run_id, to_ts(now), kind, node_id, job_id, to_json_text(detail)),
                 )
             except sqlite3.IntegrityError:
                 raise UsageError(f"no run '{run_id}' in {self.path}") from None
             event_id = cur.lastrowid
         return EventRow(
             event_id=event_id or 0, run_id=run_id, ts=now, kind=kind, node_id=node_id, job_id=job_id,
-            detail=json.loads(_json(detail)),
+            detail=json.loads(to_json_text(detail)),
         )  # fmt: skip
 
     def events(self, run_id: str, kinds: Sequence[str] | None = None) -> list[EventRow]:
@@ -977,8 +706,6 @@ class Store:
         return out
 
 
-def job_id_for(run_id: str, seq: int) -> str:
-    return f"{run_id}-{seq:05d}"
 
 
 def open_store(path: str | Path | None = None, *, readonly: bool = False, create: bool = True) -> Store:

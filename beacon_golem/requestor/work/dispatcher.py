@@ -1,5 +1,6 @@
-"""The dispatcher: Beacon's hybrid router for a whole run.
+"""The dispatcher: every job of a run to a node that can serve it, exactly once.
 
+(Beacon calls this part its hybrid router; our `beacon router` is the HTTP gateway in requestor/gateway.)
 It sends every pending job of a run to a node that matches the job's model, runtime and
 region, keeps each node at its concurrency limit, health-checks the nodes, moves the jobs
 of a node that fails or disappears to another matching node with backoff, and ends every
@@ -26,7 +27,8 @@ from beacon_golem.core.log import get_logger
 from beacon_golem.core.node import Node
 from beacon_golem.core.suite import Limits
 from beacon_golem.requestor.fleets.base import Fleet, FleetEvent
-from beacon_golem.requestor.store.store import JobRow, Store
+from beacon_golem.requestor.store.rows import JobRow
+from beacon_golem.requestor.store.store import Store
 
 log = get_logger(__name__)
 

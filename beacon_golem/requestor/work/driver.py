@@ -23,7 +23,8 @@ from beacon_golem.requestor.fleets.golem.fleet import GolemFleet
 from beacon_golem.requestor.fleets.golem.records import ProviderRecord
 from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
 from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
-from beacon_golem.requestor.store.store import BenchResultRow, RunRow, Store
+from beacon_golem.requestor.store.rows import BenchResultRow, RunRow
+from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.accounting import save_accounting
 from beacon_golem.requestor.work.beacon_import import import_jobspec
 from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress

@@ -24,9 +24,9 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
-from beacon_golem.api.bodies import JobSpec, PerfJob
+from beacon_golem.api.bodies import JobSubmission, PerfJob
 from beacon_golem.api.client import NodeUnreachable, ShimClient, ShimError
-from beacon_golem.core.bench import PerfPlan
+from beacon_golem.core.bench import BenchResult, PerfPlan
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.log import get_logger
 from beacon_golem.core.node import Node
@@ -34,7 +34,8 @@ from beacon_golem.core.suite import PerfSection, Suite
 from beacon_golem.node.loadgen.run_bench import run_bench
 from beacon_golem.node.loadgen.target import Target
 from beacon_golem.requestor.fleets.base import Fleet
-from beacon_golem.requestor.store.store import RunRow, Store
+from beacon_golem.requestor.store.rows import RunRow
+from beacon_golem.requestor.store.store import Store
 
 log = get_logger(__name__)
 
@@ -57,23 +58,22 @@ def perf_label(node: Node, where: str) -> str:
     return f"{node.node_id} {node.region or '-'} {where}"
 
 
-def perf_job_for(section: PerfSection, label: str | None = None) -> JobSpec:
+def perf_job_for(section: PerfSection, label: str | None = None) -> JobSubmission:
     """The shim job that runs `section` on a node (its load profile, prompts, SLOs and model)."""
     plan = PerfJob.model_validate(section.model_dump(include=set(PerfPlan.model_fields)))
-    return JobSpec(perf=plan, label=label)
+    return JobSubmission(perf=plan, label=label)
 
 
-def _usable(result: Any) -> bool:
-    steps = result.get("steps") if isinstance(result, dict) else None
-    return isinstance(steps, list) and any(isinstance(s, dict) and (s.get("completed") or 0) > 0 for s in steps)
+def _usable(result: BenchResult) -> bool:
+    return any(s.completed > 0 for s in result.steps)
 
 
-def _best(result: dict[str, Any]) -> float:
-    return max((float(s.get("output_throughput") or 0.0) for s in result.get("steps") or [] if isinstance(s, dict)), default=0.0)
+def _best(result: BenchResult) -> float:
+    return max((s.output_throughput for s in result.steps), default=0.0)
 
 
-async def perf_on_node(node: Node, section: PerfSection, label: str | None = None, poll_s: float = 1.0) -> dict[str, Any]:
-    """Run the benchmark as a perf job on the node's shim; its `BenchResult` dict when done."""
+async def perf_on_node(node: Node, section: PerfSection, label: str | None = None, poll_s: float = 1.0) -> BenchResult:
+    """Run the benchmark as a perf job on the node's shim; its `BenchResult` when done."""
     deadline = time.monotonic() + section.timeout_s
     async with ShimClient(node.url, node.token, timeout_s=60.0) as client:
         accepted = await client.submit_job(perf_job_for(section, label))
@@ -107,7 +107,7 @@ async def perf_on_node(node: Node, section: PerfSection, label: str | None = Non
             raise
 
 
-async def perf_from_requestor(node: Node, section: PerfSection) -> dict[str, Any]:
+async def perf_from_requestor(node: Node, section: PerfSection) -> BenchResult:
     """Run the benchmark here, through the node's URL (its shim), end to end."""
 
     token = SecretStr(node.token.get_secret_value()) if node.token is not None else None
@@ -116,7 +116,7 @@ async def perf_from_requestor(node: Node, section: PerfSection) -> dict[str, Any
         run_bench(target, section.profile, section.prompts, slo=section.slo, detailed=section.detailed),
         timeout=section.timeout_s,
     )
-    return result.to_json_dict()
+    return result
 
 
 async def _one(
@@ -151,16 +151,12 @@ async def _one(
         reason = f"{type(exc).__name__}: {exc}"
         tell("perf_failed", reason=reason)
         return PerfOutcome(node_id=node.node_id, where=where, ok=False, error=reason)
-    if not isinstance(result, dict) or not isinstance(result.get("steps"), list):
-        reason = "the node answered a benchmark result without steps"
-        tell("perf_failed", reason=reason)
-        return PerfOutcome(node_id=node.node_id, where=where, ok=False, error=reason)
     row = store.add_bench_result(run_id, node.node_id, where, label, section.profile, result)
     ok = _usable(result)
     tell(
         "perf_done",
         bench_id=row.bench_id,
-        steps=len(row.steps),
+        steps=len(result.steps),
         best_output_throughput=round(_best(result), 3),
         **({} if ok else {"reason": "no request of the benchmark completed"}),
     )

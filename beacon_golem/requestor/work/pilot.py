@@ -24,7 +24,8 @@ from beacon_golem.core.matrix import NOTE_EVENT, Matrix, MatrixRow, NodeProbe, m
 from beacon_golem.core.node import Node
 from beacon_golem.requestor.fleets.base import Fleet, FleetEvent
 from beacon_golem.requestor.store.matrix import matrix_from_store
-from beacon_golem.requestor.store.store import RunRow, Store
+from beacon_golem.requestor.store.rows import RunRow
+from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.accounting import save_accounting
 
 log = get_logger(__name__)

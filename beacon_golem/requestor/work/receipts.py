@@ -46,7 +46,8 @@ from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import NodeInfo
-from beacon_golem.requestor.store.store import JobRow, Store
+from beacon_golem.requestor.store.rows import JobRow
+from beacon_golem.requestor.store.store import Store
 
 RECEIPT_VERSION = "1.0"
 ALGORITHM = "ed25519"

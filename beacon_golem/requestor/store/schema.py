@@ -1,0 +1,168 @@
+"""The store's SQLite schema and its migrations: each older schema is brought up in one transaction per step.
+
+Schema 2 adds `bench_results`: one performance benchmark (a `BenchResult`, vLLM-keyed) per
+node and place it ran from. Schema 3 adds the compatibility pilot: `runs.kind` ('suite', or
+'pilot' for a run without jobs or suite) and, on `nodes`, the node's probe report
+(`probe_json`), or why there is none (`probe_error`), and when it was asked for (`probed_at`).
+Migrations only add tables and columns; no stored row is touched.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from beacon_golem.core.clock import to_ts, utcnow
+
+SCHEMA_VERSION = 3
+
+
+#: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
+_BENCH_SCHEMA = """
+CREATE TABLE bench_results (
+    bench_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    node_id      TEXT NOT NULL,
+    "where"      TEXT NOT NULL CHECK ("where" IN ('node','requestor')),
+    label        TEXT,
+    profile_json TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX bench_results_run ON bench_results(run_id, bench_id);
+CREATE TRIGGER bench_results_never_deleted BEFORE DELETE ON bench_results
+BEGIN
+    SELECT RAISE(ABORT, 'stored bench results are never deleted');
+END;
+"""
+
+
+#: Schema 3: the compatibility pilot. Shared by new databases and the migration from 2.
+_PILOT_SCHEMA = """
+ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'suite' CHECK (kind IN ('suite','pilot'));
+ALTER TABLE nodes ADD COLUMN probe_json TEXT;
+ALTER TABLE nodes ADD COLUMN probe_error TEXT;
+ALTER TABLE nodes ADD COLUMN probed_at TEXT;
+"""
+
+
+#: version -> the script that brings the version before it up to it.
+_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA}
+
+
+_SCHEMA = f"""
+CREATE TABLE schema_version (
+    version     INTEGER NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE runs (
+    run_id       TEXT PRIMARY KEY,
+    suite_name   TEXT NOT NULL,
+    suite_hash   TEXT NOT NULL,
+    suite_json   TEXT NOT NULL,
+    suite_source TEXT,
+    fleet_json   TEXT NOT NULL,
+    status       TEXT NOT NULL CHECK (status IN ('running','done','failed','cancelled','interrupted')),
+    created_at   TEXT NOT NULL,
+    finished_at  TEXT
+);
+CREATE TABLE jobs (
+    job_id      TEXT PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    seq         INTEGER NOT NULL,
+    job_key     TEXT NOT NULL,
+    question_id TEXT NOT NULL,
+    category    TEXT NOT NULL,
+    model       TEXT NOT NULL,
+    runtime     TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    repetition  INTEGER NOT NULL,
+    spec_json   TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('pending','running','done','failed')),
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    node_id     TEXT,
+    error       TEXT,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (run_id, job_key),
+    UNIQUE (run_id, seq)
+);
+CREATE INDEX jobs_run_state ON jobs(run_id, state);
+CREATE TABLE results (
+    result_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id       TEXT NOT NULL UNIQUE REFERENCES jobs(job_id),
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    node_id      TEXT NOT NULL,
+    text         TEXT NOT NULL,
+    result_json  TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    ended_at     TEXT NOT NULL,
+    receipt_json TEXT,
+    created_at   TEXT NOT NULL
+);
+CREATE INDEX results_run ON results(run_id);
+CREATE TRIGGER results_never_deleted BEFORE DELETE ON results
+BEGIN
+    SELECT RAISE(ABORT, 'stored results are never deleted');
+END;
+CREATE TRIGGER jobs_never_deleted BEFORE DELETE ON jobs
+BEGIN
+    SELECT RAISE(ABORT, 'stored jobs are never deleted');
+END;
+CREATE TRIGGER runs_never_deleted BEFORE DELETE ON runs
+BEGIN
+    SELECT RAISE(ABORT, 'stored runs are never deleted');
+END;
+CREATE TABLE nodes (
+    run_id        TEXT NOT NULL REFERENCES runs(run_id),
+    node_id       TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    region        TEXT,
+    fleet         TEXT NOT NULL,
+    provider_id   TEXT,
+    provider_name TEXT,
+    info_json     TEXT,
+    extra_json    TEXT NOT NULL DEFAULT '{{}}',
+    status        TEXT NOT NULL CHECK (status IN ('alive','lost')),
+    lost_reason   TEXT,
+    first_seen    TEXT NOT NULL,
+    last_seen     TEXT NOT NULL,
+    PRIMARY KEY (run_id, node_id)
+);
+CREATE TABLE events (
+    event_id    INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    ts          TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    node_id     TEXT,
+    job_id      TEXT,
+    detail_json TEXT NOT NULL
+);
+CREATE INDEX events_run ON events(run_id, event_id);
+{_BENCH_SCHEMA}
+{_PILOT_SCHEMA}
+INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
+"""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """One script, one transaction: a crash leaves either none of it or all of it."""
+    try:
+        conn.executescript("BEGIN IMMEDIATE;\n" + script + "\nCOMMIT;")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """The whole schema on an empty database (already in WAL mode)."""
+    _run_script(conn, _SCHEMA.replace("{now}", to_ts(utcnow())))
+
+
+def migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a file of an older schema up to this one, one transaction per step; no data is touched."""
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _run_script(
+            conn,
+            _MIGRATIONS[target]
+            + f"\nINSERT INTO schema_version (version, created_at) VALUES ({target}, '{to_ts(utcnow())}');",
+        )
