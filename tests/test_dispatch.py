@@ -163,7 +163,7 @@ async def test_a_job_that_keeps_failing_ends_failed_after_its_retries(tmp_path: 
 )  # fmt: skip
 def test_node_matching(region: str, runtime: str, model: str, expected: bool) -> None:
     from beacon_golem.core.node import Node, NodeInfo, RuntimeInfo, SystemInfo
-    from beacon_golem.requestor.store.store import JobRow
+    from beacon_golem.requestor.store.rows import JobRow
 
     info = NodeInfo(
         shim_version="0",

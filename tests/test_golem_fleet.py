@@ -322,7 +322,7 @@ def fleet_for(market: Market, config: GolemFleetConfig, lines: list[str] | None 
         golem_factory=FakeGolem,
         resolver=no_registry,
         connector=market.connector,
-        progress=(lines.append if lines is not None else None),
+        on_note=((lambda n: lines.append(n.message)) if lines is not None else None),
         poll_interval_s=0.01,
         **kw,
     )

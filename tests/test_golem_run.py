@@ -23,7 +23,8 @@ from yapapi import events
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.suite import Suite, parse_suite
 from beacon_golem.requestor.fleets.golem import GolemFleet, GolemFleetConfig, ProviderRecord
-from beacon_golem.requestor.store.store import RunRow, Store, open_store
+from beacon_golem.requestor.store.rows import RunRow
+from beacon_golem.requestor.store.store import Store, open_store
 from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher
 from beacon_golem.requestor.work.driver import FleetChoice, execute_run, golem_fleet, plan_run
 from tests.test_golem_fleet import (
@@ -92,7 +93,7 @@ def golem_fleet_for(market: Market, config: GolemFleetConfig, lines: list[str]) 
         golem_factory=invoicing_golem(market),
         resolver=no_registry,
         connector=market.connector,
-        progress=lines.append,
+        on_note=lambda n: lines.append(n.message),
         poll_interval_s=0.01,
     )
 

@@ -264,7 +264,7 @@ def test_lock_rejects_bad_entries(tmp_path: Path) -> None:
 
 
 def test_committed_lock_file_is_valid() -> None:
-    assert isinstance(load_lock(ROOT / "vm_images" / "images.lock.json"), ImageLock)
+    assert isinstance(load_lock(ROOT / "beacon_golem" / "imaging" / "images.lock.json"), ImageLock)
 
 
 # ---- beacon image, end to end ----------------------------------------------------------------------

@@ -29,7 +29,8 @@ from beacon_golem.node.probe.report import evaluate
 from beacon_golem.reports.matrix import render_markdown
 from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
 from beacon_golem.requestor.store.matrix import matrix_from_store
-from beacon_golem.requestor.store.store import SCHEMA_VERSION, Store
+from beacon_golem.requestor.store.schema import SCHEMA_VERSION
+from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.pilot import run_pilot
 from tests.support import llama_server_binary, serve_app
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 
 from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
-from beacon_golem.requestor.gateway.router import REGION_HEADER, create_router_app
+from beacon_golem.requestor.gateway.gateway import REGION_HEADER, create_router_app
 from tests.support import llama_server_binary, serve_app
 
 CHAT = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 6, "ignore_eos": True}

@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from beacon_golem.api.bodies import JobSpec
+from beacon_golem.api.bodies import JobSubmission
 from beacon_golem.api.client import ShimClient, ShimError
 from beacon_golem.core.config import ShimLimits
 from beacon_golem.core.inference import GenerationRequest
@@ -139,7 +139,7 @@ async def test_v1_models_lists_the_model(shim_url: str) -> None:
 
 
 async def test_job_runs_every_request_and_writes_results_to_disk(shim_url: str, shim_config: ShimConfig) -> None:
-    spec = JobSpec(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 5 + i}) for i in range(6)], concurrency=3)
+    spec = JobSubmission(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 5 + i}) for i in range(6)], concurrency=3)
     async with ShimClient(shim_url) as client:
         accepted = await client.submit_job(spec)
         assert accepted.state in ("queued", "running") and accepted.total == 6
@@ -153,7 +153,7 @@ async def test_job_runs_every_request_and_writes_results_to_disk(shim_url: str, 
 
 async def test_shim_restart_mid_job_keeps_finished_results(tmp_path: Path, llama_server: str) -> None:
     config = ShimConfig(runtime="llamacpp", upstream=llama_server, data_dir=tmp_path / "shim")
-    spec = JobSpec(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 200}) for _ in range(30)], concurrency=1)
+    spec = JobSubmission(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 200}) for _ in range(30)], concurrency=1)
     async with serve_app(create_app(config)) as url, ShimClient(url) as client:
         job_id = (await client.submit_job(spec)).id
         for _ in range(400):
@@ -174,7 +174,7 @@ async def test_shim_restart_mid_job_keeps_finished_results(tmp_path: Path, llama
 
 
 async def test_cancel_job_keeps_what_finished(shim_url: str) -> None:
-    spec = JobSpec(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 300}) for _ in range(50)], concurrency=1)
+    spec = JobSubmission(requests=[GenerationRequest(**{**PROMPT, "max_tokens": 300}) for _ in range(50)], concurrency=1)
     async with ShimClient(shim_url) as client:
         job_id = (await client.submit_job(spec)).id
         await asyncio.sleep(0.3)

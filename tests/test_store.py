@@ -16,7 +16,8 @@ from beacon_golem.core.errors import BeaconError, UsageError
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import GPUInfo, Node, NodeInfo, RuntimeInfo, SystemInfo
 from beacon_golem.core.suite import expand_jobs, parse_suite
-from beacon_golem.requestor.store.store import SCHEMA_VERSION, Store, default_db_path
+from beacon_golem.requestor.store.schema import SCHEMA_VERSION
+from beacon_golem.requestor.store.store import Store, default_db_path
 
 SUITE = """\
 name: store-test

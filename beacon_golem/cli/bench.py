@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from beacon_golem.cli import app, fail
+from beacon_golem.cli.golem_options import Budget, Image, ImageHash, MaxPrice
 from beacon_golem.core.bench import BenchResult, PromptSpec, StepResult
 from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import UsageError
@@ -225,9 +226,10 @@ def bench(
     node: list[str] = typer.Option(None, "--node", help="--fleet static: node URL, optionally with @REGION (repeat)"),
     where: str = typer.Option("node", help="--fleet: load generated on each node (node) or here through its URL (requestor)"),
     db: Path = typer.Option(None, help="--fleet: run store [default: <data dir>/beacon.db]"),
-    budget: float = typer.Option(None, help="--fleet golem: GLM for the whole run, never exceeded"),
-    max_price_glm_per_hour: float = typer.Option(None, help="--fleet golem: most a node may cost per hour"),
-    image: str = typer.Option(None, help="--fleet golem: image tag, hash or .gvmi URL [default: the lock file]"),
+    budget: Budget = None,
+    max_price_glm_per_hour: MaxPrice = None,
+    image: Image = None,
+    image_hash: ImageHash = None,
 ) -> None:
     """Benchmark a node: load profile, streamed requests, TTFT/TPOT/ITL/E2EL, throughput, server cross-check."""
     if fleet is not None and (url is not None or local):
@@ -259,11 +261,11 @@ def bench(
         from beacon_golem.cli.bench_fleet import run_bench_fleet
         from beacon_golem.requestor.work.driver import golem_options
 
-        golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image)
+        golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image, image_hash=image_hash)
         final = run_bench_fleet(
             fleet=fleet, nodes=nodes, node_urls=node or [], where=where, db=db, profile=chosen, prompts=spec, slo=slo,
             model=model, detailed=detailed, runtime=runtime, local_model=local_model, parallel=parallel,
-            golem=golem,
+            golem=golem, out_path=out_path,
         )  # fmt: skip
         if final.status != "done":
             raise SystemExit(1)

@@ -8,6 +8,7 @@ its benchmark starts and ends, then one table row per node and step.
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,15 @@ from rich.table import Table
 from beacon_golem.core.bench import PromptSpec, StepResult
 from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import BeaconError, UsageError, one_line
+from beacon_golem.core.files import write_text_atomic
 from beacon_golem.core.metrics import SLO
 from beacon_golem.core.profiles import Profile
+from beacon_golem.core.suite import PerfSection
 from beacon_golem.requestor.fleets.static import StaticNodeSpec
 from beacon_golem.requestor.store.rows import BenchResultRow, RunRow
-from beacon_golem.requestor.store.store import open_store
+from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.driver import FleetChoice, bench_fleet, fleet_kind
+from beacon_golem.requestor.work.perf_phase import perf_suite
 
 #: Piped output gets a table wide enough to read rather than rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 132)
@@ -61,6 +66,18 @@ def fleet_table(rows: list[BenchResultRow], regions: dict[str, str | None]) -> T
     return table
 
 
+def write_fleet_results(rows: list[BenchResultRow], path: Path) -> None:
+    """--out with --fleet: every node's stored result as one JSON file (.json: a list, each with its
+    node and where it ran from; .jsonl: vLLM's one flat result per line, each step tagged the same way)."""
+    if path.suffix == ".jsonl":
+        text = "".join(
+            json.dumps({"node_id": r.node_id, "where": r.where, **step}) + "\n" for r in rows for step in r.steps
+        )
+    else:
+        text = json.dumps([{"node_id": r.node_id, "where": r.where, "result": r.result} for r in rows], indent=2) + "\n"
+    write_text_atomic(path, text)
+
+
 def run_bench_fleet(
     *,
     fleet: str,
@@ -77,11 +94,8 @@ def run_bench_fleet(
     local_model: str | None,
     parallel: int | None,
     golem: dict[str, Any],
+    out_path: Path | None = None,
 ) -> RunRow:
-    from beacon_golem.core.suite import PerfSection
-    from beacon_golem.requestor.work.driver import FleetChoice, bench_fleet, check_fleet, fleet_for_suite, fleet_kind
-    from beacon_golem.requestor.work.perf_phase import perf_suite
-
     fleet_kind(fleet)
     if where not in ("node", "requestor"):
         raise UsageError(f"--where {where!r}: choose node or requestor")
@@ -100,10 +114,8 @@ def run_bench_fleet(
         choice_args["nodes"] = nodes
     choice = FleetChoice(**choice_args)
     suite = perf_suite(section, regions or ["local"])
-    check_fleet(suite, fleet_for_suite(choice, suite))  # before the store is touched
-    store = open_store(db or settings.data_dir / "beacon.db")
 
-    def planned(run: RunRow) -> None:
+    def planned(store: Store, run: RunRow) -> None:
         out.print(f"run {run.run_id}  (benchmark on every node, where={where}; store {store.path})")
 
     def listener(kind: str, detail: dict[str, Any]) -> None:
@@ -115,10 +127,12 @@ def run_bench_fleet(
         elif kind == "perf_failed":
             err.print(f"[red]{who}: failed:[/] {detail.get('reason')}")
 
-    final, rows = asyncio.run(bench_fleet(store, suite, choice, settings.data_dir, settings.shim_token,
-                                          on_planned=planned, listener=listener))  # fmt: skip
+    store, final, rows = asyncio.run(bench_fleet(settings, suite, choice, db=db, on_planned=planned, listener=listener))
     if rows:
         out.print(fleet_table(rows, {n.node_id: n.region for n in store.nodes(final.run_id)}))
     out.print(f"run {final.run_id} {final.status}: {len(rows)} node benchmark(s) stored in {store.path}")
+    if out_path is not None:
+        write_fleet_results(rows, out_path)
+        out.print(f"results written to {out_path}")
     out.print(f"report: beacon report {final.run_id} --html report.html")
     return final

@@ -16,6 +16,17 @@ from rich.table import Table
 from rich.text import Text
 
 from beacon_golem.cli import app
+from beacon_golem.cli.golem_options import (
+    Budget,
+    CpuOnly,
+    Image,
+    ImageHash,
+    MaxPrice,
+    MinVram,
+    PaymentNetwork,
+    RegionMap,
+    Subnet,
+)
 from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.matrix import Matrix, MatrixRow
@@ -72,14 +83,15 @@ def pilot(
     out_dir: Path = typer.Option(None, "--out", help="Where matrix.md and matrix.json go [default: <data dir>/reports/<run id>]"),
     db: Path = typer.Option(None, help="SQLite store [default: <data dir>/beacon.db]"),
     probe_timeout: float = typer.Option(120.0, min=1.0, help="Seconds one node's /info and /probe may take"),
-    image: str = typer.Option(None, help="golem: image tag, sha3-224 hash or .gvmi URL [default: vm_images/images.lock.json]"),
-    budget: float = typer.Option(None, help="golem: GLM for the whole pilot, never exceeded"),
-    max_price_glm_per_hour: float = typer.Option(None, help="golem: most a node may cost per hour"),
-    subnet: str = typer.Option(None, help="golem: subnet tag [default: public]"),
-    payment_network: str = typer.Option(None, help="golem: holesky (testnet) or polygon"),
-    cpu_only: bool = typer.Option(False, "--cpu-only", help="golem: rent CPU providers (runtime vm), not GPU ones"),
-    min_vram_gib: float = typer.Option(None, help="golem: least GPU memory a provider must offer"),
-    region_map: Path = typer.Option(None, help="golem: YAML/JSON file mapping provider id -> region"),
+    image: Image = None,
+    image_hash: ImageHash = None,
+    budget: Budget = None,
+    max_price_glm_per_hour: MaxPrice = None,
+    subnet: Subnet = None,
+    payment_network: PaymentNetwork = None,
+    cpu_only: CpuOnly = False,
+    min_vram_gib: MinVram = None,
+    region_map: RegionMap = None,
 ) -> None:
     """Rent or start nodes, collect each one's probe and fingerprint, and write a compatibility matrix."""
     settings = load_settings()
@@ -91,6 +103,7 @@ def pilot(
     golem = golem_options(
         region_map,
         image=image,
+        image_hash=image_hash,
         budget=budget,
         max_price_glm_per_hour=max_price_glm_per_hour,
         subnet=subnet,

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     upstream_read_timeout_s: float = 600.0
     max_body_bytes: int = 8 * 1024 * 1024
     max_job_requests: int = 10_000
+    #: The image lock file `--fleet golem` picks images from [default: the one shipped in beacon_golem/imaging].
+    images_lock: Path | None = None
     #: Event loop for serving processes (shim, node, router): auto (uvloop when installed) or asyncio.
     event_loop: str = "auto"
 

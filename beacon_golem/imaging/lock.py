@@ -1,4 +1,7 @@
-"""vm_images/images.lock.json: the images pushed so far, so a Golem fleet can pick one.
+"""images.lock.json: the images pushed so far, so a Golem fleet can pick one.
+
+It ships inside the package (beacon_golem/imaging/images.lock.json), so an installed wheel finds
+it without a checkout; BEACON_IMAGES_LOCK (a setting) points elsewhere.
 
 `beacon image push` appends an entry per upload; `lookup_image(runtime)` gives the newest
 entry for a runtime (the fleet uses it when no image is named). The file is plain JSON meant
@@ -15,8 +18,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import BeaconError
-from beacon_golem.imaging.spec import IMAGE_RUNTIMES, images_dir
+from beacon_golem.imaging.spec import IMAGE_RUNTIMES
 
 LOCK_NAME = "images.lock.json"
 
@@ -61,9 +65,8 @@ class ImageLock(BaseModel):
 
 
 def default_lock_path() -> Path:
-    """BEACON_IMAGES_LOCK, else vm_images/images.lock.json in the source checkout."""
-    override = os.environ.get("BEACON_IMAGES_LOCK")
-    return Path(override) if override else images_dir() / LOCK_NAME
+    """The `images_lock` setting (BEACON_IMAGES_LOCK), else the lock file shipped with the package."""
+    return load_settings().images_lock or Path(__file__).with_name(LOCK_NAME)
 
 
 def load_lock(path: Path | None = None) -> ImageLock:

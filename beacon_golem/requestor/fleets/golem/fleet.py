@@ -34,7 +34,7 @@ from beacon_golem.core.clock import utcnow
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.net import free_port
 from beacon_golem.core.node import Node
-from beacon_golem.requestor.fleets.base import Fleet
+from beacon_golem.requestor.fleets.base import Fleet, NoteListener
 from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
 from beacon_golem.requestor.fleets.golem.ledger import PaymentLedger
 from beacon_golem.requestor.fleets.golem.payload import Resolver, build_payload, registry_resolver
@@ -113,7 +113,7 @@ class GolemFleet(Fleet):
         resolver: Resolver = registry_resolver,
         provider_record: ProviderRecordLookup | None = None,
         connector: Connector | None = None,
-        progress: Callable[[str], None] | None = None,
+        on_note: NoteListener | None = None,
         poll_interval_s: float = 2.0,
         now: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -137,7 +137,8 @@ class GolemFleet(Fleet):
         self._golem_factory = golem_factory
         self._resolver = resolver
         self._connector: Connector = connector or SocketTunnel.open
-        self.progress = progress
+        if on_note is not None:
+            self.on_note(on_note)
         self._poll_s = poll_interval_s
         self._now = now
         self._slots: dict[str, _Slot] = {}
@@ -244,8 +245,7 @@ class GolemFleet(Fleet):
     def say(self, line: str) -> None:
         line = scrub(line, self._secrets())
         log.info("golem.progress", message=line)
-        if self.progress is not None:
-            self.progress(line)
+        self.note(line)
 
     # ---- the watch loop ----------------------------------------------------------------------------
     async def _monitor(self) -> None:
@@ -564,8 +564,8 @@ class GolemFleet(Fleet):
                 level, message = described
                 message = scrub(message, self._secrets())
                 getattr(log, level)("golem.event", message=message, **fields(event))
-                if level != "debug" and self.progress is not None:
-                    self.progress(message)
+                if level != "debug":
+                    self.note(message)
             self._account(event)
         except Exception as exc:
             log.warning("golem.event_failed", golem_event=type(event).__name__, error=scrub(repr(exc), self._secrets()))
