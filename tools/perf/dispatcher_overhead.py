@@ -7,8 +7,8 @@ its store writes (SQLite, WAL, synchronous=FULL: every claim and result on disk 
 decision) and its HTTP client. The same number of /inference calls, at the same concurrency, with
 no dispatcher and no store, runs in the same process right before and after, as the baseline.
 
-    .venv/bin/python benchmarks/dispatcher_overhead.py
-    .venv/bin/python benchmarks/dispatcher_overhead.py --nodes 100 --jobs 10000 --per-node 4
+    .venv/bin/python tools/perf/dispatcher_overhead.py
+    .venv/bin/python tools/perf/dispatcher_overhead.py --nodes 100 --jobs 10000 --per-node 4
 
 Not a test: it asserts nothing.
 """

@@ -20,8 +20,8 @@ never in the project's), the same server and level are run with it, pinned to th
 in the same run, alternating with ours: output throughput, TTFT, TPOT (GuideLLM's "ITL" is
 vLLM's TPOT) and latency side by side with the difference in percent, and CPU per chunk.
 
-    .venv/bin/python benchmarks/loadgen_capacity.py
-    .venv/bin/python benchmarks/loadgen_capacity.py --streams 16,64,256 --guidellm /work/guidellm-venv/bin/guidellm
+    .venv/bin/python tools/perf/loadgen_capacity.py
+    .venv/bin/python tools/perf/loadgen_capacity.py --streams 16,64,256 --guidellm /work/guidellm-venv/bin/guidellm
 
 Not a test: it asserts nothing; print its figures with the machine they came from.
 """

@@ -6,8 +6,8 @@ and =uvloop, each its own process), the same load through each, alternating orde
 Prints medians over rounds of the shims' CPU per output token (the figure the loop changes; it
 barely depends on what else the machine is doing) and of output throughput, with the ratios.
 
-    .venv/bin/python benchmarks/shim_event_loop.py
-    .venv/bin/python benchmarks/shim_event_loop.py --rounds 5 --concurrency 1,32
+    .venv/bin/python tools/perf/shim_event_loop.py
+    .venv/bin/python tools/perf/shim_event_loop.py --rounds 5 --concurrency 1,32
 
 Not a test: it asserts nothing.
 """

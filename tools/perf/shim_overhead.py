@@ -8,9 +8,9 @@ measurement with fresh prompts so neither path gains from the other's prompt cac
 medians over the rounds and the ratios: the goal is shim output throughput >= 0.95 of direct
 and <= 1 ms added median latency.
 
-    .venv/bin/python benchmarks/shim_overhead.py
-    .venv/bin/python benchmarks/shim_overhead.py --rounds 5 --concurrency 1,32,256 --json out.json
-    .venv/bin/python benchmarks/shim_overhead.py --profile-shim /tmp/shim.prof   # cProfile the shim
+    .venv/bin/python tools/perf/shim_overhead.py
+    .venv/bin/python tools/perf/shim_overhead.py --rounds 5 --concurrency 1,32,256 --json out.json
+    .venv/bin/python tools/perf/shim_overhead.py --profile-shim /tmp/shim.prof   # cProfile the shim
 
 Not a test: it asserts nothing, and its figures depend on the machine (print them with it).
 """
