@@ -42,6 +42,10 @@ class Settings(BaseSettings):
     max_job_requests: int = 10_000
     #: The image lock file `--fleet golem` picks images from [default: the one shipped in beacon_golem/imaging].
     images_lock: Path | None = None
+    #: Golem: where image tags and hashes are resolved (the sandbox prints its own) [default: Golem's registry].
+    golem_registry_url: str | None = None
+    #: Golem: the image `--fleet golem` rents when no --image is given [default: the image lock file's].
+    golem_image: str | None = None
     #: Event loop for serving processes (shim, node, router): auto (uvloop when installed) or asyncio.
     event_loop: str = "auto"
 

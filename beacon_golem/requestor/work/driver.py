@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 
-from beacon_golem.core.config import Settings
+from beacon_golem.core.config import Settings, load_settings
 from beacon_golem.core.errors import BeaconError, UsageError, one_line
 from beacon_golem.core.log import get_logger
 from beacon_golem.core.suite import Suite, expand_jobs, load_suite, parse_yaml, read_text_file
@@ -146,6 +146,11 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
     """Rent nodes on Golem; providers we lost in earlier runs count against them."""
 
     settings = dict(choice.golem)
+    configured = load_settings()
+    if configured.golem_registry_url and "registry_url" not in settings:
+        settings["registry_url"] = configured.golem_registry_url
+    if configured.golem_image and "image" not in settings:
+        settings["image"] = configured.golem_image
     missing = [flag for key, flag in GOLEM_REQUIRED.items() if key not in settings]
     if missing:
         raise UsageError(f"--fleet golem needs {' and '.join(missing)} (GLM): money is never spent without a cap")

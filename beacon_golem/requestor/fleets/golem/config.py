@@ -15,6 +15,11 @@ ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 IMAGE_HASH = re.compile(r"[0-9a-f]{56}")  # sha3-224 of the .gvmi
 
 
+#: ya-provider's agreement expiration limits when debit notes are accepted.
+MIN_DURATION_S = 5 * 60
+MAX_DURATION_S = 10 * 3600
+
+
 class GolemFleetConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -36,13 +41,18 @@ class GolemFleetConfig(BaseModel):
     max_price_glm_per_hour: Decimal = Field(gt=0, description="Most a node may cost per hour of use")
     max_start_price_glm: Decimal | None = Field(default=None, ge=0, description="Default: one hour's price")
     expected_cpu_threads: float = Field(default=1.0, ge=0, description="CPU-seconds per second a node uses")
-    duration_s: float = Field(default=3 * 3600, gt=0, description="How long nodes are rented at most")
+    #: Providers (ya-provider's LimitExpiration) accept agreements of 5 minutes to 10 hours when the
+    #: requestor accepts debit notes (yapapi does): a longer one gets every offer refused.
+    duration_s: float = Field(
+        default=3 * 3600, ge=MIN_DURATION_S, le=MAX_DURATION_S, description="How long nodes are rented at most"
+    )
     max_replacements: int | None = Field(default=None, ge=0, description="Default: 2 x nodes")
     min_time_left_s: float = Field(default=900, ge=0, description="No replacement with less time than this left")
 
     # --- where ------------------------------------------------------------------------------
     subnet: str = "public"
-    payment_network: Literal["holesky", "polygon"] = "holesky"
+    #: The erc20 networks yagna 0.17 lists (`yagna payment driver list`).
+    payment_network: Literal["holesky", "hoodi", "sepolia", "polygon", "amoy", "mainnet"] = "holesky"
     payment_driver: str = "erc20"
     network_ip: str = "192.168.0.0/24"
 
@@ -70,6 +80,14 @@ class GolemFleetConfig(BaseModel):
     health_interval_s: float = Field(default=30, gt=0)
     health_failures: int = Field(default=3, ge=1, description="Failed checks in a row before a node is lost")
     proxy_timeout_s: float = Field(default=1800, gt=0, description="Idle limit of a tunnelled connection")
+    connect_attempts: int = Field(default=6, ge=1, description="Tries to reach a new node over the VPN before it is lost")
+    connect_backoff_s: float = Field(default=2.0, gt=0, description="First wait between those tries; doubles each time")
+    same_failure_limit: int = Field(
+        default=3, ge=2, description="Providers failing the same way, none up, before renting stops"
+    )
+    #: Where image tags and hashes are resolved (Golem's registry, or the sandbox's).
+    registry_url: str = Field(default="https://registry.golem.network", pattern=r"^https?://")
+    shutdown_grace_s: float = Field(default=300, gt=0, description="How long stop() lets nodes save their logs")
     log_dir: Path | None = Field(default=None, description="Where node logs are saved at shutdown")
 
     @field_validator("image")

@@ -33,11 +33,11 @@ from beacon_golem.api.client import ShimClient
 from beacon_golem.core.clock import utcnow
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.net import free_port
-from beacon_golem.core.node import Node
+from beacon_golem.core.node import Node, NodeInfo
 from beacon_golem.requestor.fleets.base import Fleet, NoteListener
 from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
 from beacon_golem.requestor.fleets.golem.ledger import PaymentLedger
-from beacon_golem.requestor.fleets.golem.payload import Resolver, build_payload, registry_resolver
+from beacon_golem.requestor.fleets.golem.payload import Resolver, build_payload
 from beacon_golem.requestor.fleets.golem.progress import describe, fields, log, scrub
 from beacon_golem.requestor.fleets.golem.records import AgreementRow, DebitNoteRow, GolemRecord, InvoiceRow
 from beacon_golem.requestor.fleets.golem.service import BeaconNodeService, NodeSpec
@@ -50,8 +50,8 @@ from beacon_golem.requestor.fleets.golem.strategy import (
 
 #: Stop every node when the budget would run out within this many seconds at the current burn.
 BUDGET_MARGIN_S = 300.0
-#: How long stop() lets instances run their shutdown (saving logs) before the engine goes down.
-SHUTDOWN_GRACE_S = 90.0
+#: Local ports tried for one tunnel before giving up (each one free when chosen).
+BIND_ATTEMPTS = 5
 AVAILABLE = (ServiceState.starting, ServiceState.running)
 GONE = (ServiceState.stopping, ServiceState.terminated, ServiceState.unresponsive)
 
@@ -74,17 +74,33 @@ class SocketTunnel:
 
     @classmethod
     async def open(cls, service: BeaconNodeService, remote_port: int, timeout_s: float) -> SocketTunnel:
-        port = free_port()
-        proxy = SocketProxy(ports=[port], timeout=timeout_s)
-        server = await proxy.run_server(service, remote_port)
-        for _ in range(100):  # the server task binds the port soon after
-            if server._running:
-                break
-            await asyncio.sleep(0.05)
-        return cls(proxy, port)
+        """A free port can be taken by someone else between choosing it and binding it: a port that
+        does not bind is given back and another one tried (never the provider's fault)."""
+        last: str | None = None
+        for _ in range(BIND_ATTEMPTS):
+            port = free_port()
+            proxy = SocketProxy(ports=[port], timeout=timeout_s)
+            server = await proxy.run_server(service, remote_port)
+            for _ in range(100):  # the server task binds the port soon after
+                if server._running:
+                    return cls(proxy, port)
+                if proxy._tasks and proxy._tasks[-1].done():
+                    break  # its server task ended: the port did not bind
+                await asyncio.sleep(0.05)
+            last = f"local port {port} did not bind"
+            with contextlib.suppress(Exception):
+                await proxy.stop()
+        raise BeaconError(f"cannot open a local port for the VPN tunnel: {last}")
 
     async def close(self) -> None:
         await self.proxy.stop()
+
+
+def failure_kind(reason: str) -> str:
+    """A failure's reason without what differs between providers (ids, ports, numbers), to compare them."""
+    text = re.sub(r"0x[0-9a-fA-F]+|[0-9a-f]{16,}", "<id>", reason)
+    text = re.sub(r"\d+(\.\d+)?", "<n>", text)
+    return text[:200]
 
 
 @dataclass
@@ -110,7 +126,7 @@ class GolemFleet(Fleet):
         config: GolemFleetConfig,
         *,
         golem_factory: Callable[..., Any] | None = None,
-        resolver: Resolver = registry_resolver,
+        resolver: Resolver | None = None,
         provider_record: ProviderRecordLookup | None = None,
         connector: Connector | None = None,
         on_note: NoteListener | None = None,
@@ -144,6 +160,10 @@ class GolemFleet(Fleet):
         self._slots: dict[str, _Slot] = {}
         self._seq = 0
         self._cluster: Any = None
+        #: Providers per kind of failure, while no node has come up yet.
+        self._failure_kinds: dict[str, set[str]] = {}
+        self._nodes_seen = 0
+        self._detached: set[asyncio.Task[None]] = set()
         self._deadline: datetime | None = None
         self._stack = AsyncExitStack()
         self._monitor_task: asyncio.Task[None] | None = None
@@ -163,16 +183,17 @@ class GolemFleet(Fleet):
             from yapapi import Golem
 
             factory = Golem
-        golem = factory(
-            budget=cfg.budget,
-            strategy=self._market,
-            subnet_tag=cfg.subnet,
-            payment_driver=cfg.payment_driver,
-            payment_network=cfg.payment_network,
-            event_consumer=self._on_event,
-        )
         self.say(f"starting the Golem engine ({cfg.payment_driver}/{cfg.payment_network}, budget {cfg.budget} GLM)")
         try:
+            # yapapi reads YAGNA_APPKEY here: a missing key is one line like every other start failure.
+            golem = factory(
+                budget=cfg.budget,
+                strategy=self._market,
+                subnet_tag=cfg.subnet,
+                payment_driver=cfg.payment_driver,
+                payment_network=cfg.payment_network,
+                event_consumer=self._on_event,
+            )
             golem = await self._stack.enter_async_context(golem)
             network = await self._stack.enter_async_context(await golem.create_network(cfg.network_ip))
             self._cluster = await golem.run_service(
@@ -207,7 +228,7 @@ class GolemFleet(Fleet):
         self._nodes.clear()
         if self._cluster is not None:
             self._cluster.stop()
-            await self._wait_instances_gone(SHUTDOWN_GRACE_S)
+            await self._wait_instances_gone(self.config.shutdown_grace_s)
         for agreement_id in self.ledger.agreements:  # billing ends with the instances
             self.ledger.close(agreement_id, "fleet stopped")
         try:  # yapapi's engine waits here for the last invoices
@@ -306,20 +327,11 @@ class GolemFleet(Fleet):
         try:
             slot.tunnel = await self._connector(service, cfg.shim_port, cfg.proxy_timeout_s)
             slot.client = ShimClient(slot.tunnel.url, cfg.shim_token, timeout_s=60, connect_timeout_s=20)
-            health = None
-            for attempt in range(cfg.health_failures):
-                health = await slot.client.health()
-                if health.status == "ok":
-                    break
-                await asyncio.sleep(min(5.0, cfg.health_interval_s) * (attempt + 1))
-            if health is None or health.status != "ok":
-                reason = health.reason if health else "no answer"
-                raise BeaconError(f"/health through the VPN: {reason}")
-            info = await slot.client.info()
+            info = await self._first_contact(slot)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._drop(slot, f"not usable over the VPN: {scrub(str(exc), self._secrets())}")
+            await self._drop(slot, f"not usable over the VPN: {scrub(str(exc) or type(exc).__name__, self._secrets())}")
             return
         if slot.done or self._stopping:
             return
@@ -341,6 +353,7 @@ class GolemFleet(Fleet):
             extra=self._node_extra(service, agreement, view),
         )
         slot.node_id = node_id
+        self._nodes_seen += 1
         slot.next_health = asyncio.get_running_loop().time() + cfg.health_interval_s
         if agreement:
             self.ledger.bind_node(agreement[0], node_id)
@@ -348,6 +361,30 @@ class GolemFleet(Fleet):
         gpu = view.gpu.model if view and view.gpu else "no GPU info"
         self.say(f"node {node_id} ready on {service.provider_name} ({gpu}) at {node.url}")
         self._update_ready()
+
+    async def _first_contact(self, slot: _Slot) -> NodeInfo:
+        """/health OK then /info through the tunnel, retried with backoff: yagna refuses the VPN
+        websocket while its own connect to the VM fails (SocketProxy then drops the socket), which
+        says nothing yet about the provider. Only `connect_attempts` failures in a row lose it."""
+        assert slot.client is not None
+        cfg = self.config
+        wait = cfg.connect_backoff_s
+        problem = "no answer"
+        for attempt in range(1, cfg.connect_attempts + 1):
+            try:
+                health = await slot.client.health()
+                if health.status == "ok":
+                    return await slot.client.info()
+                problem = f"/health: {health.reason or health.status}"
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # refused upgrades, resets, timeouts: try again
+                problem = scrub(str(exc) or type(exc).__name__, self._secrets())
+            log.info("golem.connect_retry", service=slot.service.id, attempt=attempt, problem=problem)
+            if attempt < cfg.connect_attempts and not (slot.done or self._stopping):
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 30.0)
+        raise BeaconError(f"{cfg.connect_attempts} tries through the VPN failed; last: {problem}")
 
     async def _check(self, slot: _Slot) -> None:
         assert slot.client is not None
@@ -378,9 +415,9 @@ class GolemFleet(Fleet):
         reason = scrub(reason, self._secrets())
         self.failures.append(f"{service.provider_name or pid or 'unassigned'}: {reason}")
         self.say(f"node {slot.node_id or 'on ' + str(service.provider_name or pid)} lost: {reason}")
-        if blacklist and pid and pid not in self.blacklist:
-            self.blacklist.add(pid)
-            self.say(f"provider {service.provider_name or ''} [{pid[:10]}] blacklisted for this run")
+        if blacklist and pid:
+            self._blacklist(pid, f"provider {service.provider_name or ''} [{pid[:10]}] blacklisted for this run")
+        self._tally_failure(pid, reason)
         agreement = getattr(getattr(service, "_ctx", None), "_agreement", None)
         if isinstance(getattr(agreement, "id", None), str):
             self.ledger.close(agreement.id, reason)
@@ -419,6 +456,12 @@ class GolemFleet(Fleet):
         cfg = self.config
         if self._stopping:
             return "the fleet is stopping"
+        common = self._common_failure()
+        if common is not None:
+            return (
+                f"{self.config.same_failure_limit} providers failed the same way and none came up "
+                f"({common}): the cause is likely on our side (image, start script, VPN), not theirs"
+            )
         if self.replacements >= cfg.replacements_allowed:
             return f"all {cfg.replacements_allowed} replacements used"
         assert self._deadline is not None
@@ -577,10 +620,15 @@ class GolemFleet(Fleet):
             case events.AgreementTerminated():
                 self.ledger.close(event.agreement.id, (event.reason or {}).get("message"))
             case events.ActivityCreateFailed():
+                # No VM, so no node: the agreement stops counting now (no phantom burn) and is
+                # terminated (yapapi would keep it open until the cluster exits).
+                agreement = event.agreement
+                self.ledger.close(agreement.id, "the provider could not start a VM")
+                self._spawn_detached(self._terminate_agreement(agreement, "Activity creation failed"))
                 pid = event.provider_id
-                if pid and pid not in self.blacklist:
-                    self.blacklist.add(pid)
-                    self.say(f"provider [{pid[:10]}] blacklisted for this run: could not start a VM")
+                if pid:
+                    self._blacklist(pid, f"provider [{pid[:10]}] blacklisted for this run: could not start a VM")
+                    self._tally_failure(pid, "could not start a VM")
             case events.DebitNoteEvent():
                 note = event.debit_note
                 self.ledger.debit_note(
@@ -606,6 +654,47 @@ class GolemFleet(Fleet):
                 )
             case events.ServiceStateChanged():
                 self._wake.set()
+
+    def _blacklist(self, provider_id: str, line: str) -> None:
+        """Never rent this provider again in this run, including from offers yapapi already holds."""
+        if provider_id in self.blacklist:
+            return
+        self.blacklist.add(provider_id)
+        self.say(line)
+        # yapapi's AgreementsPool keeps one scored offer per provider (yapapi/agreements_pool.py,
+        # `_offer_buffer`) and may turn it into an agreement (start price paid) after we blacklisted
+        # the provider: take it out of the buffer. The strategy rejects the provider's new offers.
+        pool = getattr(getattr(self._cluster, "_job", None), "agreements_pool", None)
+        buffer = getattr(pool, "_offer_buffer", None)
+        if isinstance(buffer, dict):
+            buffer.pop(provider_id, None)
+
+    def _tally_failure(self, provider_id: str | None, reason: str) -> None:
+        """Count how providers fail; a failure every provider shows the same way is ours, not theirs."""
+        if self._nodes_seen or not provider_id:
+            return
+        kind = failure_kind(reason)
+        self._failure_kinds.setdefault(kind, set()).add(provider_id)
+
+    def _common_failure(self) -> str | None:
+        """The failure `same_failure_limit` providers showed the same way while no node ever came up."""
+        if self._nodes_seen:
+            return None
+        for kind, providers in self._failure_kinds.items():
+            if len(providers) >= self.config.same_failure_limit:
+                return kind
+        return None
+
+    def _spawn_detached(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+
+    async def _terminate_agreement(self, agreement: Any, message: str) -> None:
+        try:
+            await agreement.terminate({"message": message, "golem.requestor.code": "Cancelled"})
+        except Exception as exc:  # already terminated by the provider, or yagna gone
+            log.info("golem.terminate_failed", agreement=getattr(agreement, "id", None), error=scrub(str(exc)))
 
     def _secrets(self) -> list[str]:
         token = self.config.shim_token

@@ -82,14 +82,19 @@ class ImageRef(BaseModel):
 Resolver = Callable[[ImageRef], Awaitable[str]]
 
 
-async def registry_resolver(ref: ImageRef) -> str:
-    """yapapi's helpers: the registry for a tag or hash, a HEAD request for a URL (network)."""
-    if ref.kind == "url":
-        assert ref.url and ref.hash
-        return await check_package_url(ref.url, ref.hash)
-    if ref.kind == "hash":
-        return await resolve_package_url(DEFAULT_REPOSITORY_URL, image_hash=ref.hash)
-    return await resolve_package_url(DEFAULT_REPOSITORY_URL, image_tag=ref.tag)
+def registry_resolver(registry_url: str = DEFAULT_REPOSITORY_URL) -> Resolver:
+    """yapapi's helpers against `registry_url` (Golem's registry, or the sandbox's) for a tag or a
+    hash; a HEAD request for a URL (network)."""
+
+    async def resolve(ref: ImageRef) -> str:
+        if ref.kind == "url":
+            assert ref.url and ref.hash
+            return await check_package_url(ref.url, ref.hash)
+        if ref.kind == "hash":
+            return await resolve_package_url(registry_url, image_hash=ref.hash)
+        return await resolve_package_url(registry_url, image_tag=ref.tag)
+
+    return resolve
 
 
 async def offline_resolver(ref: ImageRef) -> str:
@@ -113,11 +118,11 @@ def payload_for(config: GolemFleetConfig, package_url: str) -> GpuVmPayload:
     )
 
 
-async def build_payload(config: GolemFleetConfig, resolver: Resolver = registry_resolver) -> GpuVmPayload:
-    """Resolve the run's image (through `resolver`) and build its payload."""
+async def build_payload(config: GolemFleetConfig, resolver: Resolver | None = None) -> GpuVmPayload:
+    """Resolve the run's image (through `resolver`; default: the config's registry) and build its payload."""
     ref = ImageRef.parse(config.image, config.image_hash)
     try:
-        package_url = await resolver(ref)
+        package_url = await (resolver or registry_resolver(config.registry_url))(ref)
     except BeaconError:
         raise
     except Exception as exc:  # aiohttp errors, registry 404s: one line for the user
