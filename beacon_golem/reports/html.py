@@ -35,6 +35,7 @@ from beacon_golem.core.files import write_text_atomic
 from beacon_golem.core.matrix import Matrix
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
 from beacon_golem.reports.differences import DifferenceReport, build_report
+from beacon_golem.reports.markdown import md_cell
 from beacon_golem.reports.matrix import runtimes_text
 from beacon_golem.requestor.store.matrix import matrix_from_store
 from beacon_golem.requestor.store.rows import BenchResultRow, NodeRow
@@ -758,13 +759,9 @@ def render_html(report: RunReport) -> str:
 # Markdown
 
 
-def _md(value: Any) -> str:
-    return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
-
-
 def render_markdown_summary(report: RunReport) -> str:
     lines = [
-        f"# Beacon run {report.run_id}: {_md(report.suite_name)}",
+        f"# Beacon run {report.run_id}: {md_cell(report.suite_name)}",
         "",
         f"Status **{report.status}** on a {report.fleet.get('kind', '?')} fleet; started {_ts(report.created_at)}, "
         f"finished {_ts(report.finished_at)}. "
@@ -781,8 +778,8 @@ def render_markdown_summary(report: RunReport) -> str:
         for p in report.perf:
             b = p.best
             lines.append(
-                f"| {_md(p.node_id)} | {_md(p.region or '-')} | {p.where} | {_md(p.runtime)} | {_md(p.model)} | "
-                f"{_md(short_step(b) if b else '-')} | {_n(b.output_throughput if b else None)} | "
+                f"| {md_cell(p.node_id)} | {md_cell(p.region or '-')} | {p.where} | {md_cell(p.runtime)} | {md_cell(p.model)} | "
+                f"{md_cell(short_step(b) if b else '-')} | {_n(b.output_throughput if b else None)} | "
                 f"{_n(b.request_throughput if b else None, 2)} | {_n(b.ttft_ms.get('p50') if b else None, 2)} | "
                 f"{_n(b.tpot_ms.get('p50') if b else None, 2)} |"
             )
@@ -790,22 +787,22 @@ def render_markdown_summary(report: RunReport) -> str:
         lines.append("No performance benchmark in this run.")
     lines += ["", "## Nodes", "", "| Node | Region | GPU | Driver | CPU | RAM | Runtime |", "|---|---|---|---|---|---|---|"]
     for f in report.fingerprints:
-        lines.append(f"| {_md(f.node_id)} | {_md(f.region or '-')} | {_md(f.gpu)} | {_md(f.driver)} | {_md(f.cpu)} | "
-                     f"{_md(f.ram)} | {_md(f.runtime)} |")  # fmt: skip
+        lines.append(f"| {md_cell(f.node_id)} | {md_cell(f.region or '-')} | {md_cell(f.gpu)} | {md_cell(f.driver)} | {md_cell(f.cpu)} | "
+                     f"{md_cell(f.ram)} | {md_cell(f.runtime)} |")  # fmt: skip
     lines += ["", "## Cost", "", "| Node | GLM spent | Output tokens | GLM / 1M tokens |", "|---|---:|---:|---:|"]
     for c in report.costs:
         spent = _n(c.glm_spent, 6) if c.glm_spent is not None else "n/a"
         per = _n(c.glm_per_million, 4) if c.glm_per_million is not None else "n/a"
-        lines.append(f"| {_md(c.node_id)} | {spent} | {c.tokens:,} | {per} |")
+        lines.append(f"| {md_cell(c.node_id)} | {spent} | {c.tokens:,} | {per} |")
     if report.compatibility is not None:
         m = report.compatibility
         lines += ["", "## Compatibility", "", "| Node | Region | GPU | Driver | CUDA | Probe | Runtimes possible | Not possible |",
                   "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in m.rows:
             probe = r.status.upper() + (f": {r.error}" if r.error else "")
-            lines.append(f"| {_md(r.node_id)} | {_md(r.region or '-')} | {_md(r.gpu)} | {_md(r.driver or '-')} | "
-                         f"{_md(r.cuda or '-')} | {_md(probe)} | {_md(runtimes_text(r.runtimes, True))} | "
-                         f"{_md(runtimes_text(r.runtimes, False))} |")  # fmt: skip
+            lines.append(f"| {md_cell(r.node_id)} | {md_cell(r.region or '-')} | {md_cell(r.gpu)} | {md_cell(r.driver or '-')} | "
+                         f"{md_cell(r.cuda or '-')} | {md_cell(probe)} | {md_cell(runtimes_text(r.runtimes, True))} | "
+                         f"{md_cell(runtimes_text(r.runtimes, False))} |")  # fmt: skip
     lines += ["", "## Differences by region", ""]
     diff = report.differences
     if diff is None:
@@ -819,11 +816,11 @@ def render_markdown_summary(report: RunReport) -> str:
             "| Region | Answers | Refusals | Missing |",
             "|---|---:|---:|---:|",
         ]
-        lines += [f"| {_md(r)} | {s.answers_by_region.get(r, 0)} | {s.refusals_by_region.get(r, 0)} | "
+        lines += [f"| {md_cell(r)} | {s.answers_by_region.get(r, 0)} | {s.refusals_by_region.get(r, 0)} | "
                   f"{s.missing_by_region.get(r, 0)} |" for r in diff.regions]  # fmt: skip
         if s.disagreements:
             lines += ["", "| Question | Model | Why |", "|---|---|---|"]
-            lines += [f"| {_md(d.question_id)} | {_md(d.model)} | {_md('; '.join(d.reasons))} |" for d in s.disagreements]
+            lines += [f"| {md_cell(d.question_id)} | {md_cell(d.model)} | {md_cell('; '.join(d.reasons))} |" for d in s.disagreements]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from beacon_golem.core.files import write_text_atomic
 from beacon_golem.core.matrix import Matrix, RuntimeCell
-
-
-def _md(value: Any) -> str:
-    return str("" if value is None else value).replace("|", "\\|").replace("\n", " ")
+from beacon_golem.reports.markdown import md_cell
 
 
 def _num(value: float | None, unit: str = "") -> str:
@@ -40,18 +36,18 @@ def render_markdown(matrix: Matrix) -> str:
     for r in rows:
         probe = r.status.upper() if r.status != "error" else f"ERROR: {r.error}"
         lines.append(
-            f"| {_md(r.node_id)} | {_md(r.provider or '—')} | {_md(r.region or '—')} | {_md(r.gpu)} | "
-            f"{_num(r.vram_gib, ' GiB')} | {_md(r.driver or '—')} | {_md(r.cuda or '—')} | {_md(probe)} | "
-            f"{_md(runtimes_text(r.runtimes, True))} | {_md(runtimes_text(r.runtimes, False))} |"
+            f"| {md_cell(r.node_id)} | {md_cell(r.provider or '—')} | {md_cell(r.region or '—')} | {md_cell(r.gpu)} | "
+            f"{_num(r.vram_gib, ' GiB')} | {md_cell(r.driver or '—')} | {md_cell(r.cuda or '—')} | {md_cell(probe)} | "
+            f"{md_cell(runtimes_text(r.runtimes, True))} | {md_cell(runtimes_text(r.runtimes, False))} |"
         )
     probed = matrix.probed
     if probed:
-        head = "| Check | " + " | ".join(_md(r.node_id) for r in probed) + " |"
+        head = "| Check | " + " | ".join(md_cell(r.node_id) for r in probed) + " |"
         lines += ["", "## Checks", "", head, "|---|" + "---|" * len(probed)]
         for check_id, title in matrix.checks.items():
             found = [r.check(check_id) for r in probed]
             cells = [c.status.upper() if c else "—" for c in found]
-            lines.append(f"| {_md(title)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(title)} | " + " | ".join(cells) + " |")
         lines += ["", "## Runtimes", "", head.replace("| Check |", "| Runtime |"), "|---|" + "---|" * len(probed)]
         for name in matrix.runtimes:
             cells = []
@@ -61,15 +57,15 @@ def render_markdown(matrix: Matrix) -> str:
                     cells.append("—")
                 else:
                     cells.append(f"{cell.accelerator.upper()} ({cell.status})" if cell.can_run and cell.accelerator else "no")
-            lines.append(f"| {_md(name)} | " + " | ".join(cells) + " |")
+            lines.append(f"| {md_cell(name)} | " + " | ".join(cells) + " |")
         tally = ", ".join(f"{n}: {t.gpu} GPU / {t.cpu} CPU / {t.no} no" for n, t in matrix.summary.items())
         lines += ["", f"Nodes per runtime: {tally}."]
     lines += ["", "## Why", ""]
     for r in rows:
-        lines.append(f"### {_md(r.node_id)}" + (f" ({_md(r.provider)})" if r.provider else ""))
+        lines.append(f"### {md_cell(r.node_id)}" + (f" ({md_cell(r.provider)})" if r.provider else ""))
         lines.append("")
         if r.status == "error":
-            lines.append(f"- no probe: {_md(r.error)}")
+            lines.append(f"- no probe: {md_cell(r.error)}")
         threads = f" ({r.cpu_cores} threads)" if r.cpu_cores else ""
         facts = [
             f"serves {r.serving}" if r.serving else None,
@@ -82,14 +78,14 @@ def render_markdown(matrix: Matrix) -> str:
             lines.append("- " + "; ".join(f for f in facts if f))
         for c in r.checks:
             if c.status in ("warn", "fail"):
-                lines.append(f"- {c.status.upper()} {_md(c.title)}: {_md(c.reason)}")
+                lines.append(f"- {c.status.upper()} {md_cell(c.title)}: {md_cell(c.reason)}")
         for rt in r.runtimes:
             verdict = f"{rt.accelerator.upper()}, {rt.status}" if rt.can_run and rt.accelerator else "not possible"
-            lines.append(f"- {_md(rt.runtime)} ({verdict}): {_md('; '.join(rt.reasons))}")
-        lines += [f"- note: {_md(n)}" for n in r.notes]
+            lines.append(f"- {md_cell(rt.runtime)} ({verdict}): {md_cell('; '.join(rt.reasons))}")
+        lines += [f"- note: {md_cell(n)}" for n in r.notes]
         lines.append("")
     if matrix.notes:
-        lines += ["## Fleet notes", ""] + [f"- {_md(n)}" for n in matrix.notes] + [""]
+        lines += ["## Fleet notes", ""] + [f"- {md_cell(n)}" for n in matrix.notes] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
