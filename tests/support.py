@@ -15,6 +15,10 @@ from aiohttp import web
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.node.runtimes.llamacpp import find_llama_server
 
+#: The repository root and tests/data, for a test file at any depth under tests/.
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "tests" / "data"
+
 
 def llama_server_binary() -> Path:
     """The llama-server binary, or skip the test saying why there is none."""

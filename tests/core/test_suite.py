@@ -17,8 +17,8 @@ from beacon_golem.core.suite import (
     load_suite_with_source,
     parse_suite,
 )
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
 
 MINIMAL = """\

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import llama_server_binary
+from tests.support import ROOT, llama_server_binary
 
 BEACON = [sys.executable, "-m", "beacon_golem.cli"]
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def env_for(tmp_path: Path) -> dict[str, str]:

@@ -22,9 +22,8 @@ from beacon_golem.core.node import Node
 from beacon_golem.core.suite import expand_jobs, load_suite, parse_suite
 from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.receipts import ReceiptSigner
+from tests.support import DATA, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(__file__).resolve().parent / "data"
 BEACON = Path(sys.executable).with_name("beacon")
 T0 = datetime(2025, 8, 22, 14, 34, tzinfo=UTC)
 

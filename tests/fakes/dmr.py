@@ -25,6 +25,8 @@ from aiohttp import web
 from .base import FakeServer, sse
 
 DOCUMENT = "https://docs.docker.com/ai/model-runner/api-reference/"
+#: The model the fake holds unless told otherwise.
+MODEL = "ai/smollm2:latest"
 RUNNING = "Running: llama.cpp latest-cpu (sha256:4ad1b2c0) b8840"
 
 
@@ -40,7 +42,7 @@ class FakeDMR(FakeServer):
     def __init__(
         self,
         *,
-        models: tuple[str, ...] = ("ai/smollm2:latest",),
+        models: tuple[str, ...] = (MODEL,),
         engine: str = RUNNING,
         tokens: tuple[str, ...] = (" the", " token", " by", " token"),
         mode: str = "ok",

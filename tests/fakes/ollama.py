@@ -26,6 +26,8 @@ from aiohttp import web
 from .base import FakeServer, sse
 
 DOCUMENT = "https://github.com/ollama/ollama/blob/main/docs/api.md"
+#: The model the fake holds unless told otherwise.
+MODEL = "llama3.2:latest"
 
 #: The durations of docs/api.md's "Chat request (Streaming)" final response, in ns.
 DOC_DURATIONS_NS = {
@@ -54,7 +56,7 @@ class FakeOllama(FakeServer):
     def __init__(
         self,
         *,
-        models: tuple[str, ...] = ("llama3.2:latest",),
+        models: tuple[str, ...] = (MODEL,),
         tokens: tuple[str, ...] = ("The", " sky", " is", " blue", "."),
         version: str = "0.5.1",
         mode: str = "ok",

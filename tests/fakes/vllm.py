@@ -31,6 +31,8 @@ from .base import FakeServer, sse
 
 DOCUMENT = "https://docs.vllm.ai/en/latest/serving/openai_compatible_server.html"
 VERSION = "0.32.0"
+#: The model the fake serves unless told otherwise.
+MODEL = "meta-llama/Llama-3.2-1B-Instruct"
 
 
 def error_body(message: str, err_type: str, code: int) -> dict[str, Any]:
@@ -51,7 +53,7 @@ class FakeVLLM(FakeServer):
     def __init__(
         self,
         *,
-        model: str = "meta-llama/Llama-3.2-1B-Instruct",
+        model: str = MODEL,
         max_model_len: int = 4096,
         tokens: tuple[str, ...] = ("Hello", "", " world", ",", " how", " are", " you", "?"),
         eos_after: int = 3,

@@ -21,9 +21,8 @@ import pytest
 from beacon_golem.core.net import free_port
 from beacon_golem.node.prepare_model import EXIT_MISSING, Layout, main, ollama_manifest, prepare
 from beacon_golem.node.tiny_model import write_tiny_model
-from tests.support import llama_server_binary
+from tests.support import ROOT, llama_server_binary
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "vm_images" / "common" / "start-node.sh"
 VENV_BIN = Path(sys.executable).parent
 

@@ -42,21 +42,20 @@ from beacon_golem.node.probe.network import check_outbound
 from beacon_golem.node.probe.report import cached_probe, evaluate, run_probe
 from beacon_golem.node.probe.system import count_iommu_groups, read_cgroup_version, read_kvm, read_os_release
 from beacon_golem.node.shim.app import ShimConfig, create_app
-from tests.support import serve_app
+from tests.support import DATA, ROOT, serve_app
 
-DATA = Path(__file__).parent / "data" / "nvidia_smi"
-ROOT = Path(__file__).resolve().parents[1]
+NVIDIA_SMI = DATA / "nvidia_smi"
 
 
 def real(name: str) -> str:
     """A fixture's verbatim output, without our `#@` source lines."""
-    lines = (DATA / name).read_text().splitlines(keepends=True)
+    lines = (NVIDIA_SMI / name).read_text().splitlines(keepends=True)
     return "".join(line for line in lines if not line.startswith("#@"))
 
 
 # ---- the fixtures are real and say where they come from -------------------------------------
 def test_every_fixture_names_its_public_source() -> None:
-    files = [p for p in DATA.iterdir() if p.name != "README.md"]
+    files = [p for p in NVIDIA_SMI.iterdir() if p.name != "README.md"]
     assert len(files) >= 15
     for path in files:
         head = [line for line in path.read_text().splitlines() if line.startswith("#@")]

@@ -21,8 +21,8 @@ from beacon_golem.reports.differences import (
     write_difference_report,
 )
 from beacon_golem.requestor.store.store import Store
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 8, 22, 14, 34, tzinfo=UTC)
 
 SUITE = """\

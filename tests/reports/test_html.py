@@ -2,7 +2,7 @@
 
 The main case reads a store written by a real small run (two local nodes, questions in two
 regions, a perf sweep on each node: tests/perf_support.py). Charts are checked as SVG text
-here; tests/test_report_browser.py checks that a browser draws them.
+here; tests/reports/test_html_browser.py checks that a browser draws them.
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ from beacon_golem.imaging.gvmi import GvmiFile, sha3_224_file
 from beacon_golem.imaging.lock import ImageLock, ImageLockEntry, load_lock, new_entry, record_image, save_lock
 from beacon_golem.imaging.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, slug
 from beacon_golem.imaging.spec import dockerfile as dockerfile_path
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 HASH_A = hashlib.sha3_224(b"a").hexdigest()
 HASH_B = hashlib.sha3_224(b"b").hexdigest()
 

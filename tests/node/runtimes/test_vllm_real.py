@@ -9,7 +9,7 @@ downloaded: the model and its tokenizer are written to a temporary folder.
 
 Run it (see docs/runtimes.md):
 
-    /work/vllm-venv/bin/python -m pytest -m vllm tests/test_vllm_real.py -s
+    /work/vllm-venv/bin/python -m pytest -m vllm tests/node/runtimes/test_vllm_real.py -s
 
 It skips, with the reason, where vllm or transformers cannot be imported.
 """

@@ -11,8 +11,7 @@ import pytest
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.suite import expand_jobs
 from beacon_golem.requestor.work.beacon_import import import_jobspec, normalize_region, parse_duration_s
-
-DATA = Path(__file__).resolve().parent / "data"
+from tests.support import DATA
 
 
 def fixture(name: str) -> dict:

@@ -1,6 +1,6 @@
 """A whole run over a Golem fleet, the Golem side replaced at the yapapi boundary.
 
-The fakes are those of tests/test_golem_fleet.py (FakeGolem, FakeCluster, Market, FakeShim,
+The fakes are those of tests/requestor/fleets/golem/test_fleet.py (FakeGolem, FakeCluster, Market, FakeShim,
 FakeTunnel: real `BeaconNodeService` instances, real yapapi WorkContext / Agreement / ServiceState);
 everything from `plan_run` to `save_accounting` is the real code over a real SQLite store.
 
@@ -27,7 +27,7 @@ from beacon_golem.requestor.store.rows import RunRow
 from beacon_golem.requestor.store.store import Store, open_store
 from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher
 from beacon_golem.requestor.work.driver import FleetChoice, execute_run, golem_fleet, plan_run
-from tests.test_golem_fleet import (
+from tests.requestor.fleets.golem.test_fleet import (
     FakeGolem,
     FakeShim,
     Market,
@@ -36,7 +36,7 @@ from tests.test_golem_fleet import (
     no_registry,
     set_state,
 )
-from tests.test_golem_strategy import single_gpu
+from tests.requestor.fleets.golem.test_strategy import single_gpu
 
 VICTIM, SURVIVOR, SPARE = "0xaaa111", "0xbbb222", "0xccc333"
 #: The invoice each provider sends when the engine shuts down (what yapapi waits for at exit).

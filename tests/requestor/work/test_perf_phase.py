@@ -30,9 +30,8 @@ from beacon_golem.requestor.fleets.base import Fleet
 from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.perf_phase import perf_job_for, run_suite_perf
 from tests.perf_support import PerfRun
-from tests.support import llama_server_binary, serve_app
+from tests.support import ROOT, llama_server_binary, serve_app
 
-ROOT = Path(__file__).resolve().parent.parent
 PERF_ONLY = """\
 name: perf-only
 regions: [US]

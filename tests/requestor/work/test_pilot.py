@@ -32,9 +32,8 @@ from beacon_golem.requestor.store.matrix import matrix_from_store
 from beacon_golem.requestor.store.schema import SCHEMA_VERSION
 from beacon_golem.requestor.store.store import Store
 from beacon_golem.requestor.work.pilot import run_pilot
-from tests.support import llama_server_binary, serve_app
+from tests.support import ROOT, llama_server_binary, serve_app
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2025, 9, 1, 12, 0, tzinfo=UTC)
 H100 = GPUInfo(index=0, name="NVIDIA H100 80GB HBM3", memory_total_mib=81559, driver_version="570.172.08",
                cuda_version="12.8", compute_capability="9.0")  # fmt: skip
@@ -247,8 +246,8 @@ async def test_pilot_keeps_going_when_probes_fail_and_stores_why(tmp_path: Path)
 # ---- the pilot over a Golem fleet (the Golem side faked at the yapapi boundary, as in test_golem_fleet) --
 async def test_pilot_over_a_golem_fleet_probes_each_provider_and_keeps_its_cost(tmp_path: Path) -> None:
     from beacon_golem.requestor.fleets.golem import GolemFleet
-    from tests.test_golem_fleet import FakeGolem, FakeShim, Market, make_config, no_registry
-    from tests.test_golem_strategy import single_gpu
+    from tests.requestor.fleets.golem.test_fleet import FakeGolem, FakeShim, Market, make_config, no_registry
+    from tests.requestor.fleets.golem.test_strategy import single_gpu
 
     h100 = fleet_nodes()[0].probe
     assert h100 is not None
@@ -379,7 +378,7 @@ def test_beacon_probe_writes_this_machines_matrix(tmp_path: Path) -> None:
 
 # ---- schema 2 -> 3 ------------------------------------------------------------------------------------
 def test_a_schema_2_file_migrates_to_3_keeping_every_row(tmp_path: Path) -> None:
-    from tests.test_store import as_schema_2, kept
+    from tests.requestor.test_store import as_schema_2, kept
 
     path = tmp_path / "beacon.db"
     suite = parse_suite("name: q\nquestions: [{id: q1, text: hi}]\nmodels: [{name: m}]\nregions: [US]\n")

@@ -1,4 +1,4 @@
-"""`beacon golem doctor` against a fake yagna REST API (the real daemon: test_golem_yagna.py)."""
+"""`beacon golem doctor` against a fake yagna REST API (the real daemon: test_yagna.py)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from beacon_golem.requestor.fleets.golem.payload import GpuVmPayload, ImageRef
 from beacon_golem.requestor.fleets.golem.records import AgreementRow, DebitNoteRow, InvoiceRow, NodeCostRow
 from beacon_golem.requestor.fleets.golem.service import BeaconNodeService
 from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy
-from tests.test_golem_strategy import multi_gpu, single_gpu
+from tests.requestor.fleets.golem.test_strategy import multi_gpu, single_gpu
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 

@@ -33,6 +33,7 @@ from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
 from beacon_golem.requestor.fleets.golem.doctor import run_doctor
 from beacon_golem.requestor.fleets.golem.payload import GPU_CONSTRAINT, build_payload
 from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy, OfferCriteria
+from tests.support import ROOT
 
 pytestmark = pytest.mark.yagna
 
@@ -58,7 +59,7 @@ def test_yagna_tests_run_in_a_network_namespace_of_their_own() -> None:
         pytest.skip("cannot make a network namespace (unshare -n): yagna is not started without one")
     inner = f"ip link set lo up && BEACON_ISOLATED_NET=1 exec {sys.executable} -m pytest -q -p no:cacheprovider {__file__}"
     done = subprocess.run(
-        ["unshare", "-n", "sh", "-c", inner], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent
+        ["unshare", "-n", "sh", "-c", inner], capture_output=True, text=True, timeout=300, cwd=ROOT
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "3 passed, 1 skipped" in done.stdout  # inside: the yagna tests ran; this one skipped itself
