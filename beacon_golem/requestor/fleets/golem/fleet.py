@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -158,6 +159,8 @@ class GolemFleet(Fleet):
         self._poll_s = poll_interval_s
         self._now = now
         self._slots: dict[str, _Slot] = {}
+        #: Every instance's own shim token (scrubbed from whatever the fleet says).
+        self._tokens: list[str] = []
         self._seq = 0
         self._cluster: Any = None
         #: Providers per kind of failure, while no node has come up yet.
@@ -326,7 +329,7 @@ class GolemFleet(Fleet):
         cfg = self.config
         try:
             slot.tunnel = await self._connector(service, cfg.shim_port, cfg.proxy_timeout_s)
-            slot.client = ShimClient(slot.tunnel.url, cfg.shim_token, timeout_s=60, connect_timeout_s=20)
+            slot.client = ShimClient(slot.tunnel.url, service.spec.shim_token, timeout_s=60, connect_timeout_s=20)
             info = await self._first_contact(slot)
         except asyncio.CancelledError:
             raise
@@ -344,7 +347,7 @@ class GolemFleet(Fleet):
             node_id=node_id,
             url=slot.tunnel.url,
             region=cfg.regions.get(pid) or self._label_region(),
-            token=cfg.shim_token,
+            token=service.spec.shim_token,  # this provider's own token
             info=info,
             concurrency=cfg.node_concurrency,
             provider_id=pid,
@@ -478,7 +481,11 @@ class GolemFleet(Fleet):
 
     # ---- start-up helpers ------------------------------------------------------------------------
     def _instance_params(self) -> dict[str, Any]:
-        return {"spec": self.spec, "admit": self._admit, "notify": self._note}
+        """Each instance gets a token of its own: one provider that reads its VM's environment
+        learns nothing that opens another provider's node."""
+        token = SecretStr(secrets.token_urlsafe(32))
+        self._tokens.append(token.get_secret_value())
+        return {"spec": self.spec.model_copy(update={"shim_token": token}), "admit": self._admit, "notify": self._note}
 
     def _admit(self, provider_id: str) -> bool:
         return provider_id not in self.blacklist
@@ -490,13 +497,21 @@ class GolemFleet(Fleet):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._ready.wait(), self.config.ready_timeout)
         if not self._nodes:
-            why = "; ".join(self.failures[-3:]) or self._market_summary()
+            common = self._common_failure()
+            if common is not None:
+                why = f"{self.config.same_failure_limit} providers failed the same way: {self.failures[-1]}"
+            else:
+                why = "; ".join(self.failures[-3:]) or self._market_summary()
             raise BeaconError(f"no Golem node came up ({why})")
         if len(self._nodes) < self.config.nodes:
             self.say(f"going on with {len(self._nodes)} of {self.config.nodes} nodes; more may join")
 
     def _update_ready(self) -> None:
-        if len(self._nodes) >= self.config.nodes or (self._cluster is not None and not self._live()):
+        if (
+            len(self._nodes) >= self.config.nodes
+            or (self._cluster is not None and not self._live())
+            or self._common_failure() is not None  # renting stopped: waiting for more is pointless
+        ):
             self._ready.set()
 
     def _live(self) -> list[BeaconNodeService]:
@@ -698,4 +713,4 @@ class GolemFleet(Fleet):
 
     def _secrets(self) -> list[str]:
         token = self.config.shim_token
-        return [token.get_secret_value()] if isinstance(token, SecretStr) else []
+        return ([token.get_secret_value()] if isinstance(token, SecretStr) else []) + self._tokens

@@ -36,14 +36,25 @@ log = get_logger(__name__)
 
 #: Write the env file: $1 is the data dir, the remaining arguments are its lines.
 WRITE_ENV = 'd="$1"; shift; mkdir -p "$d/logs" "$d/beacon" && printf "%s\\n" "$@" > "$d/beacon/node.env"'
-#: Start the node in the background with the env file exported: $1 data dir, $2 start script.
-START_NODE = 'd="$1"; s="$2"; set -a; . "$d/beacon/node.env"; set +a; "$s" > "$d/logs/node.log" 2>&1 &'
-#: Ask the shim inside the VM for /health: $1 is its port. Fails (exit 22) on a 503.
-#: curl where the image has it, else the Python every node image has.
-HEALTH = (
-    'u="http://127.0.0.1:$1/health"; if command -v curl >/dev/null 2>&1; then curl -sf -m 10 -o /dev/null "$u"; '
-    "else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"$u\"; fi"
+#: Start the node in the background with the env file exported, its pid kept: $1 data dir, $2 start script.
+START_NODE = (
+    'd="$1"; s="$2"; set -a; . "$d/beacon/node.env"; set +a; "$s" > "$d/logs/node.log" 2>&1 & '
+    'echo $! > "$d/beacon/node.pid"'
 )
+#: Ask the shim inside the VM for /health: $1 is its port, $2 the data dir. Fails on a 503 or no
+#: answer; exits NODE_EXITED when the start script's process is gone (no point waiting longer).
+#: curl where the image has it, else the Python every node image has.
+NODE_EXITED = 3
+HEALTH = (
+    'u="http://127.0.0.1:$1/health"; if command -v curl >/dev/null 2>&1; then curl -sf -m 10 -o /dev/null "$u" && exit 0; '
+    "else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"$u\" && exit 0; fi; "
+    'p=$(cat "$2/beacon/node.pid" 2>/dev/null); '
+    f'if [ -n "$p" ] && ! kill -0 "$p" 2>/dev/null; then echo "node process $p exited" >&2; exit {NODE_EXITED}; fi; exit 1'
+)
+#: What HEALTH prints when the node's process is gone (never in the script's own text: `$p`).
+NODE_EXITED_LINE = re.compile(r"node process \d+ exited")
+#: The end of one log file on stdout (fetched with `run`, so no gftp is needed): $1 the file.
+LOG_FETCH = 'tail -c 262144 "$1" 2>/dev/null; true'
 #: The end of the node logs, for the reason a start failed: $1 is the data dir.
 LOG_TAIL = 'cd "$1/logs" 2>/dev/null && tail -n 20 node.log runtime.log 2>/dev/null; true'
 #: Logs saved at shutdown: ours (the start script's output) and the runtime's own (the images'
@@ -184,14 +195,16 @@ class BeaconNodeService(Service):
         last_error = "no answer"
         while True:
             script = self._ctx.new_script(timeout=timedelta(seconds=30))
-            probe = script.run("/bin/sh", "-c", HEALTH, "sh", str(spec.shim_port))
+            probe = script.run("/bin/sh", "-c", HEALTH, "sh", str(spec.shim_port), spec.data_dir)
+            exited = False
             try:
                 yield script
                 await probe
                 break
             except BatchError as exc:
                 last_error = str(exc)
-            if loop.time() >= deadline:
+                exited = NODE_EXITED_LINE.search(getattr(exc, "stderr", None) or "") is not None
+            if exited or loop.time() >= deadline:
                 tail = ""
                 script = self._ctx.new_script(timeout=timedelta(seconds=60))
                 tail_result = script.run("/bin/sh", "-c", LOG_TAIL, "sh", spec.data_dir)
@@ -201,13 +214,17 @@ class BeaconNodeService(Service):
                     tail = " | ".join(line.strip() for line in lines if line.strip())
                 except BatchError as exc:
                     log.warning("golem.node_log_unread", service=self.id, error=str(exc))
-                for download, target in self._log_downloads():
+                for fetch, result, target in self._log_fetches():
                     try:
-                        yield download
-                        self.log_paths.append(target)
-                    except BatchError as exc:
+                        yield fetch
+                        self._keep_log(target, await result)
+                    except (BatchError, OSError) as exc:
                         log.warning("golem.node_log_not_saved", service=self.id, file=target.name, error=str(exc))
-                self.failure = f"/health not OK after {spec.start_timeout_s:g} s ({last_error})"
+                self.failure = (
+                    f"{spec.start_script} exited before /health was OK"
+                    if exited
+                    else f"/health not OK after {spec.start_timeout_s:g} s ({last_error})"
+                )
                 if tail:
                     self.failure += f"; node log ends: {tail[-400:]}"
                 raise NodeStartFailed(self.failure)
@@ -221,7 +238,7 @@ class BeaconNodeService(Service):
         while True:
             await asyncio.sleep(spec.health_interval_s)
             script = self._ctx.new_script(timeout=timedelta(seconds=30))
-            probe = script.run("/bin/sh", "-c", HEALTH, "sh", str(spec.shim_port))
+            probe = script.run("/bin/sh", "-c", HEALTH, "sh", str(spec.shim_port), spec.data_dir)
             try:
                 yield script
                 await probe
@@ -236,11 +253,11 @@ class BeaconNodeService(Service):
     async def shutdown(self) -> AsyncGenerator[Script, Awaitable[list[Any]]]:
         assert self._ctx is not None
         self._phase("stopping", "saving the node log and stopping")
-        for download, target in self._log_downloads():
+        for fetch, result, target in self._log_fetches():
             try:
-                yield download
-                self.log_paths.append(target)
-            except BatchError as exc:
+                yield fetch
+                self._keep_log(target, await result)
+            except (BatchError, OSError) as exc:
                 log.warning("golem.node_log_not_saved", service=self.id, file=target.name, error=str(exc))
         script = self._ctx.new_script(timeout=timedelta(seconds=60))
         script.terminate()
@@ -251,19 +268,23 @@ class BeaconNodeService(Service):
         provider = (self.provider_name or "provider") + "-" + (self.provider_id or "unknown")[:10]
         return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{provider}-{self.id[:8]}")
 
-    def _log_downloads(self) -> list[tuple[Script, Path]]:
-        """One script per log file, downloading it into the log dir (none without a log dir)."""
+    def _log_fetches(self) -> list[tuple[Script, Awaitable[Any], Path]]:
+        """One script per node log reading its end with `run` (stdout), with where to keep it: no
+        gftp involved, so it works where yapapi's engine has only beacon-golem's gftp stand-in."""
         assert self._ctx is not None
         if self.spec.log_dir is None:
             return []
-        self.spec.log_dir.mkdir(parents=True, exist_ok=True)
         out = []
         for name in LOG_FILES:
-            target = self.spec.log_dir / f"{self.label()}-{name}"
-            script = self._ctx.new_script(timeout=timedelta(seconds=300))
-            script.download_file(self.spec.log_file(name), str(target))
-            out.append((script, target))
+            script = self._ctx.new_script(timeout=timedelta(seconds=60))
+            result = script.run("/bin/sh", "-c", LOG_FETCH, "sh", self.spec.log_file(name))
+            out.append((script, result, self.spec.log_dir / f"{self.label()}-{name}"))
         return out
+
+    def _keep_log(self, target: Path, result: Any) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(result.stdout or "", encoding="utf-8", errors="replace")
+        self.log_paths.append(target)
 
     def _phase(self, phase: str, message: str) -> None:
         self.phase = phase

@@ -19,7 +19,10 @@ from yapapi.script import Script
 
 from beacon_golem.requestor.fleets.golem.service import (
     HEALTH,
+    LOG_FETCH,
+    LOG_FILES,
     LOG_TAIL,
+    NODE_EXITED,
     START_NODE,
     WRITE_ENV,
     BeaconNodeService,
@@ -101,7 +104,7 @@ async def test_start_deploys_launches_and_waits_for_health() -> None:
     succeed(launch)
 
     probe = await gen.asend(None)
-    assert commands(probe) == [{"run": ["/bin/sh", "-c", HEALTH, "sh", "8080"]}]
+    assert commands(probe) == [{"run": ["/bin/sh", "-c", HEALTH, "sh", "8080", "/data"]}]
     assert svc.phase == "loading"
     probe_again = await gen.athrow(failed())  # 503 while the model loads: poll again
     assert commands(probe_again) == commands(probe)
@@ -123,10 +126,10 @@ async def test_start_timeout_fails_the_attempt_with_the_log_tail(tmp_path: Path)
     assert commands(step) == [{"run": ["/bin/sh", "-c", LOG_TAIL, "sh", "/data"]}]
     succeed(step, stdout="==> node.log <==\nloading model...\n\n==> runtime.log <==\nCUDA out of memory\n")
     node_log = await gen.asend(None)
-    assert await source(node_log) == "container:/data/logs/node.log"
+    assert source(node_log) == "/data/logs/node.log"
     succeed(node_log)
     runtime_log = await gen.asend(None)
-    assert await source(runtime_log) == "container:/data/logs/runtime.log"
+    assert source(runtime_log) == "/data/logs/runtime.log"
     with pytest.raises(NodeStartFailed, match="/health not OK after 0.05 s.*loading model... [|] .*CUDA out of memory"):
         await gen.athrow(failed("transfer"))  # no runtime.log: the node log is still kept
     assert svc.failure is not None and "\n" not in svc.failure
@@ -196,7 +199,7 @@ async def test_run_watches_health_and_gives_up_after_failures_in_a_row() -> None
     svc = service(NodeSpec(**SPEC, health_interval_s=0.0, health_failures=2))
     gen = svc.run()
     step = await gen.__anext__()
-    assert commands(step) == [{"run": ["/bin/sh", "-c", HEALTH, "sh", "8080"]}]
+    assert commands(step) == [{"run": ["/bin/sh", "-c", HEALTH, "sh", "8080", "/data"]}]
     step = await gen.athrow(failed())  # one failure
     succeed(step)
     step = await gen.asend(None)  # OK again: the count restarts
@@ -206,23 +209,26 @@ async def test_run_watches_health_and_gives_up_after_failures_in_a_row() -> None
     assert svc.failure and "2 times" in svc.failure
 
 
-async def source(script: Script) -> str:
-    await script._before()
-    return script._evaluate()[0]["transfer"]["from"]
+def source(script: Script) -> str:
+    """The log file a fetch script reads (its end, on stdout: no gftp transfer)."""
+    (cmd,) = commands(script)
+    assert cmd["run"][:4] == ["/bin/sh", "-c", LOG_FETCH, "sh"]
+    return cmd["run"][4]
 
 
 async def test_shutdown_downloads_the_logs_then_terminates(tmp_path: Path) -> None:
     svc = service(NodeSpec(**SPEC, log_dir=tmp_path / "logs"))
     gen = svc.shutdown()
     node_log = await gen.__anext__()
-    assert await source(node_log) == "container:/data/logs/node.log"
-    succeed(node_log)
+    assert source(node_log) == "/data/logs/node.log"
+    succeed(node_log, stdout="shim up\n")
     runtime_log = await gen.asend(None)
-    assert await source(runtime_log) == "container:/data/logs/runtime.log"
-    succeed(runtime_log)
+    assert source(runtime_log) == "/data/logs/runtime.log"
+    succeed(runtime_log, stdout="slot 0 idle\n")
     terminate = await gen.asend(None)
     assert commands(terminate) == [{"terminate": {}}]
     assert svc.log_paths == [tmp_path / "logs" / f"{svc.label()}-{name}" for name in ("node.log", "runtime.log")]
+    assert [p.read_text() for p in svc.log_paths] == ["shim up\n", "slot 0 idle\n"]
 
 
 async def test_shutdown_terminates_even_when_the_logs_cannot_be_read(tmp_path: Path) -> None:
@@ -283,11 +289,47 @@ def test_health_command_in_a_real_sh(tmp_path: Path) -> None:
         for path in paths:
             env = {"PATH": path}
             Handler.status = 200
-            assert subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port], env=env).returncode == 0
+            assert subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], env=env).returncode == 0
             Handler.status = 503
             assert (
-                subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port], env=env, stderr=subprocess.DEVNULL).returncode
+                subprocess.run(
+                    ["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], env=env, stderr=subprocess.DEVNULL
+                ).returncode
                 != 0
             )
+        # The start script's process is gone (its pid file names a dead process): NODE_EXITED, at once.
+        (tmp_path / "beacon").mkdir()
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        (tmp_path / "beacon" / "node.pid").write_text(f"{dead.pid}\n")
+        done = subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], capture_output=True, text=True)
+        assert done.returncode == NODE_EXITED and f"node process {dead.pid} exited" in done.stderr
+        alive = subprocess.Popen(["sleep", "30"])
+        try:
+            (tmp_path / "beacon" / "node.pid").write_text(f"{alive.pid}\n")
+            still = subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], capture_output=True)
+            assert still.returncode == 1  # not healthy yet, but still starting: keep waiting
+        finally:
+            alive.kill()
+            alive.wait()
     finally:
         server.shutdown()
+
+
+async def test_start_gives_up_at_once_when_the_node_process_exits(tmp_path: Path) -> None:
+    """A start script that died (no model, bad settings) is not waited for until start_timeout_s."""
+    svc = service(NodeSpec(**{**SPEC, "start_timeout_s": 3600}, log_dir=tmp_path))
+    gen = svc.start()
+    for _ in range(2):  # deploy, launch
+        succeed(await gen.asend(None) if _ else await gen.__anext__())
+    step = await gen.asend(None)
+    assert commands(step)[0]["run"][2] == HEALTH
+    step = await gen.athrow(CommandExecutionError("run", "exit status 7", "curl: (7) Failed to connect"))
+    assert commands(step)[0]["run"][2] == HEALTH  # not up yet, still starting: asked again
+    step = await gen.athrow(CommandExecutionError("run", "exit status 3", "node process 8 exited"))
+    assert commands(step) == [{"run": ["/bin/sh", "-c", LOG_TAIL, "sh", "/data"]}]
+    succeed(step, stdout="start-node: refusing to start: no model named\n")
+    for _ in LOG_FILES:
+        succeed(await gen.asend(None), stdout="log\n")
+    with pytest.raises(NodeStartFailed, match="start-node.sh exited before /health was OK.*no model named"):
+        await gen.asend(None)
