@@ -20,6 +20,7 @@ from typing import Any
 import aiohttp
 from pydantic import BaseModel
 
+from beacon_golem.requestor.fleets.golem.gftp import is_standin
 from beacon_golem.requestor.fleets.golem.progress import scrub
 
 DEFAULT_API_URL = "http://127.0.0.1:7465"
@@ -187,13 +188,14 @@ class YagnaDoctor:
     def _gftp(self) -> Check:
         path = self.which("gftp")
         if path:
-            return Check(name="gftp", ok=True, detail=path)
+            kind = "beacon-golem's stand-in (no file transfers; none are needed)" if is_standin(path) else "yagna's"
+            return Check(name="gftp", ok=True, detail=f"{path}: {kind}")
         return Check(
             name="gftp",
             ok=False,
             detail="not on PATH (yapapi's engine starts `gftp server`)",
-            fix="install yagna from its release archive (it holds gftp) and put gftp on PATH; "
-            "the golem-node PyPI package has only yagna",
+            fix=f"activate the environment beacon-golem is installed in (its bin/ holds a gftp stand-in: "
+            f"export PATH={Path(sys.executable).parent}:$PATH), or install yagna's gftp from its release archive",
         )
 
 

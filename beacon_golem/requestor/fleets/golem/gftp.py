@@ -121,6 +121,15 @@ def serve(stdin: TextIO, stdout: TextIO, local: bool) -> int:
     return 0
 
 
+def is_standin(path: str | Path) -> bool:
+    """Whether the `gftp` at `path` is this stand-in (pip's console script names this module)."""
+    try:
+        head = Path(path).read_bytes()[:4096]
+    except OSError:
+        return False
+    return b"beacon_golem.requestor.fleets.golem.gftp" in head
+
+
 def real_gftp(own: Path) -> Path | None:
     """Another `gftp` further on PATH (yagna's own, from its release archive), not this stand-in."""
     for directory in os.environ.get("PATH", "").split(os.pathsep):

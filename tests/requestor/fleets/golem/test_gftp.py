@@ -84,3 +84,13 @@ def test_it_hands_over_to_yagnas_own_gftp_further_on_path(tmp_path: Path) -> Non
     env["PATH"] = str(standin_script.parent)
     alone = subprocess.run([str(standin_script), "--version"], env=env, capture_output=True, text=True, timeout=30)
     assert "stand-in" in alone.stdout
+
+
+def test_doctor_tells_the_stand_in_from_yagnas_gftp(tmp_path: Path) -> None:
+    installed = Path(sys.executable).parent / "gftp"
+    if not installed.exists():
+        pytest.skip("the gftp console script is not installed in this environment")
+    assert standin.is_standin(installed)
+    other = tmp_path / "gftp"
+    other.write_bytes(b"\x7fELF yagna's gftp")
+    assert not standin.is_standin(other) and not standin.is_standin(tmp_path / "missing")
