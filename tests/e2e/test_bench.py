@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import beacon_golem.cli.bench as bench_cli
@@ -59,3 +60,19 @@ def test_bench_usage_errors() -> None:
     assert runner.invoke(app, ["bench"]).exit_code != 0
     assert runner.invoke(app, ["bench", "--url", "http://127.0.0.1:9", "--profile", "rate"]).exit_code != 0
     assert bench_cli.parse_concurrency("1, 2,4") == [1, 2, 4]
+
+
+def test_bench_fleet_out_writes_every_nodes_result(llama_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out works with --fleet too (it used to write nothing and say nothing)."""
+    monkeypatch.setenv("BEACON_DATA_DIR", str(tmp_path / "data"))
+    out = tmp_path / "fleet.json"
+    args = [
+        "bench", "--fleet", "local", "--nodes", "1", "--parallel", "1", "--profile", "sweep", "--concurrency", "1",
+        "--num-prompts", "2", "--input-len", "8", "--output-len", "4", "--db", str(tmp_path / "b.db"), "--out", str(out),
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"results written to {out}" in result.output
+    (entry,) = json.loads(out.read_text())
+    assert entry["node_id"] == "local-0" and entry["where"] == "node"
+    assert BenchResult.model_validate(entry["result"]).steps[0].completed == 2

@@ -42,6 +42,7 @@ def test_quickstart_on_three_local_nodes_stores_verifies_and_reports(tmp_path: P
     assert f"store:       {db}" in done.stdout
     diff_md = Path(done.stdout.split("differences: ")[1].split()[0])
     assert diff_md.is_file() and "tiananmen_neutral" in diff_md.read_text()
+    assert diff_md.parent == db.parent / "reports" / run_id  # beside the store --db names, not in the data dir
 
     assert query(db, f"SELECT state, COUNT(*) FROM jobs WHERE run_id = '{run_id}' GROUP BY state") == [("done", 10)]
     assert query(db, "SELECT COUNT(DISTINCT job_id), COUNT(*) FROM results") == [(10, 10)]
