@@ -1,24 +1,30 @@
-"""Project Beacon receipts: one signed, tamper-evident record per stored result.
+"""Receipts: one signed, tamper-evident record per stored result, in Project Beacon's Receipt v0.1.0.
 
-The receipt body has exactly Project Beacon's fields (version, job_id, job_spec_hash,
-runner_instance, hardware, environment, run, created_at). It travels in an envelope that
-adds what this runner needs to check a stored result end to end, and the signature:
+Every result stored now gets a receipt exactly in the shape Beacon's runner signs and verifies
+(runner-app/pkg/models/receipt_types.go; signing in `beacon_golem.api.beacon_receipts`): Beacon's
+own verification accepts it byte for byte. What this project records beyond Beacon's fields goes
+inside the signed receipt: `output.metadata` holds the timings and token counts (with their
+source), `result_hash` (the whole stored `GenerationResult`), `job_spec_hash`, the job's key;
+`provenance.provider_info` the node, its fingerprint and the GLM it cost; `provenance.execution_env`
+the runtime, model and machine.
+
+Results stored by earlier versions carry the older envelope receipt, which `beacon verify`
+still checks:
 
     {
-      "receipt": {...Project Beacon receipt...},
+      "receipt": {"version": "1.0", "job_id", "job_spec_hash", "runner_instance", "hardware",
+                  "environment", "run": {..., "outputs_hash"}, "created_at"},
       "result_hash": "sha256:<hex of the canonical JSON of the whole GenerationResult>",
       "algorithm": "ed25519",
       "public_key": "<base64 of the raw 32-byte Ed25519 public key>",
       "signature": "<base64 of the Ed25519 signature>"
     }
 
-The signature covers the canonical JSON (sorted keys, no whitespace, UTF-8) of the
-envelope without its "signature" key. Hashes are "sha256:" + hex. `outputs_hash` is the
-hash of the answer text (UTF-8); `job_spec_hash` of the canonical JSON of the job's spec.
+(the signature covers the canonical JSON of the envelope without its "signature" key).
 
-`run.tok_per_s` is completion tokens / end-to-end seconds; `run.p50_latency_ms` and
-`run.p95_latency_ms` are percentiles (linear interpolation) of the gaps between streamed
-output chunks of this generation (null when it streamed fewer than two chunks).
+`tok_per_s` is completion tokens / end-to-end seconds; `p50_latency_ms` and `p95_latency_ms` are
+percentiles (linear interpolation) of the gaps between streamed output chunks of this generation
+(null when it streamed fewer than two chunks).
 
 The signing key is kept in the data directory (`keys/receipt-ed25519.pem`, created 0600
 on first use).
@@ -29,7 +35,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +45,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel
 
+from beacon_golem.api.beacon_receipts import (
+    load_or_create_key,
+    load_private_key,
+    output_hash,
+    public_key_b64,
+    sign_receipt,
+    verify_receipt_signature,
+)
+from beacon_golem.core.beacon import (
+    BeaconReceipt,
+    ExecutionDetails,
+    ExecutionOutput,
+    ProvenanceInfo,
+    go_duration_ns,
+    go_time,
+    is_beacon_receipt,
+)
 from beacon_golem.core.canonical import canonical_json, sha256_hex
 from beacon_golem.core.clock import to_ts, utcnow
 from beacon_golem.core.config import load_settings
@@ -232,6 +254,118 @@ def build_receipt(
     )
 
 
+def _provider_id(node: _NodeLike | None, node_id: str) -> str:
+    if node is None:
+        return node_id
+    return node.provider_id or f"{node.fleet}:{node_id}"
+
+
+def _glm(node: _NodeLike | None, result: GenerationResult) -> dict[str, Any] | None:
+    """What this generation cost on a Golem node: the offer's hourly price x its end-to-end time."""
+    extra = getattr(node, "extra", None) or {}
+    offer = extra.get("offer") if isinstance(extra, dict) else None
+    hourly = offer.get("hourly_glm") if isinstance(offer, dict) else None
+    if hourly is None:
+        return None
+    try:
+        per_hour = float(hourly)
+    except (TypeError, ValueError):
+        return None
+    return {
+        "hourly_glm": per_hour,
+        "estimate_glm": round(per_hour * result.e2e_ms / 1000.0 / 3600.0, 12),
+        "source": "offer hourly price x this generation's end-to-end time",
+        "spent_glm_so_far": extra.get("glm_spent"),
+    }
+
+
+def fingerprint_hash(info: NodeInfo | None) -> str | None:
+    """"sha256:" + hex of the canonical JSON of the node's `NodeInfo` (its GET /info)."""
+    return sha256_hex(canonical_json(info.model_dump(mode="json"))) if info is not None else None
+
+
+def build_beacon_receipt(
+    job: JobRow,
+    node: _NodeLike | None,
+    node_id: str,
+    result: GenerationResult,
+    started_at: datetime,
+    ended_at: datetime,
+    *,
+    jobspec_id: str | None = None,
+    benchmark_hash: str | None = None,
+    created_at: datetime | None = None,
+) -> BeaconReceipt:
+    """One stored result as Beacon's Receipt v0.1.0, everything this project records inside it."""
+    info = node.info if node is not None else None
+    metrics = result_metrics(result)
+    provider_id = _provider_id(node, node_id)
+    data = {"response": result.text}
+    hardware = hardware_from_info(info)
+    environment = environment_from_info(info, node.fleet if node is not None else None)
+    metadata: dict[str, Any] = {
+        "provider_used": provider_id,
+        "region": job.region,
+        "inference_time": round(result.e2e_ms / 1000.0, 6),
+        "model": result.model,
+        "beacon_model": job.spec.get("beacon_model"),
+        "runtime": result.runtime,
+        "run_id": job.run_id,
+        "job_key": job.job_key,
+        "question_id": job.question_id,
+        "category": job.category,
+        "repetition": job.repetition,
+        "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "token_count_source": result.token_count_source,
+        "ttft_ms": result.ttft_ms,
+        "e2e_ms": result.e2e_ms,
+        **metrics,
+        "outputs_hash": outputs_hash(result.text),
+        "result_hash": result_hash(result),
+        "job_spec_hash": spec_hash(job.spec),
+    }
+    provider_info: dict[str, Any] = {
+        "id": provider_id,
+        "name": node.provider_name if node is not None else None,
+        "node_id": node_id,
+        "fleet": node.fleet if node is not None else None,
+        "region": node.region if node is not None else job.region,
+        "fingerprint_hash": fingerprint_hash(info),
+        "hardware": hardware.model_dump(mode="json"),
+        "glm": _glm(node, result),
+    }
+    execution_env: dict[str, Any] = {
+        "runtime": info.runtime.name if info else result.runtime,
+        "runtime_version": info.runtime.version if info else None,
+        "model": result.model,
+        "shim_version": info.shim_version if info else None,
+        **environment.model_dump(mode="json"),
+    }
+    return BeaconReceipt(
+        id=f"receipt_{job.job_id}",
+        jobspec_id=jobspec_id or job.run_id,
+        execution_details=ExecutionDetails(
+            task_id=job.job_id,
+            provider_id=provider_id,
+            region=job.region,
+            started_at=go_time(started_at),
+            completed_at=go_time(ended_at),
+            duration=go_duration_ns(started_at, ended_at),
+            status="completed",
+        ),
+        output=ExecutionOutput(data=data, hash=output_hash(data), metadata=metadata),
+        provenance=ProvenanceInfo(
+            benchmark_hash=benchmark_hash or str(job.spec.get("suite_hash") or ""),
+            provider_info=provider_info,
+            execution_env=execution_env,
+        ),
+        created_at=go_time(created_at or utcnow()),
+        completed_at=go_time(ended_at),
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Keys and signing
 
@@ -242,10 +376,6 @@ def default_key_path() -> Path:
 
 def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
-
-
-def public_key_b64(key: Ed25519PublicKey) -> str:
-    return _b64(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
 
 
 def _signed_bytes(envelope: dict[str, Any]) -> bytes:
@@ -264,27 +394,10 @@ class ReceiptSigner:
     def load_or_create(cls, path: str | Path | None = None) -> ReceiptSigner:
         """The key at `path` (default: the data directory's), created on first use."""
         path = Path(path) if path is not None else default_key_path()
-        if not path.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                key = Ed25519PrivateKey.generate()
-                pem = key.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(pem)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                return cls(key, path)
-            except FileExistsError:
-                pass  # another process made it first: load theirs
-            except OSError as exc:
-                raise BeaconError(f"{path}: cannot create the receipt signing key: {exc.strerror or exc}") from None
-        return cls(load_private_key(path), path)
+        return cls(load_or_create_key(path), path)
 
     def sign(self, receipt: Receipt, result: GenerationResult | str) -> dict[str, Any]:
-        """The signed envelope (a JSON-ready dict) for `Store.record_result(..., receipt=...)`."""
+        """The older envelope receipt (what earlier versions stored), signed; kept to check and to test them."""
         envelope: dict[str, Any] = {
             "receipt": receipt.model_dump(mode="json"),
             "result_hash": result_hash(result),
@@ -294,7 +407,7 @@ class ReceiptSigner:
         envelope["signature"] = _b64(self._key.sign(_signed_bytes(envelope)))
         return envelope
 
-    def sign_result(
+    def sign_legacy_result(
         self,
         job: JobRow,
         node: _NodeLike | None,
@@ -305,23 +418,33 @@ class ReceiptSigner:
         *,
         cost_estimate: float | None = None,
     ) -> dict[str, Any]:
-        """Build and sign the receipt of one result: what the dispatcher passes to record_result."""
+        """The older envelope receipt of one result, as earlier versions stored it."""
         receipt = build_receipt(job, node, node_id, result, started_at, ended_at, cost_estimate=cost_estimate)
         return self.sign(receipt, result)
 
+    def sign_beacon(self, receipt: BeaconReceipt) -> dict[str, Any]:
+        """A Beacon receipt signed as Beacon's `Receipt.Sign` does."""
+        return sign_receipt(receipt, self._key)
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise BeaconError(f"{path}: cannot read the receipt signing key: {exc.strerror or exc}") from None
-    try:
-        key = serialization.load_pem_private_key(raw, password=None)
-    except (ValueError, TypeError):
-        raise BeaconError(f"{path}: not an unencrypted PEM private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BeaconError(f"{path}: not an Ed25519 private key")
-    return key
+    def sign_result(
+        self,
+        job: JobRow,
+        node: _NodeLike | None,
+        node_id: str,
+        result: GenerationResult,
+        started_at: datetime,
+        ended_at: datetime,
+        *,
+        jobspec_id: str | None = None,
+        benchmark_hash: str | None = None,
+        created_at: datetime | None = None,
+    ) -> dict[str, Any]:
+        """Build and sign the Beacon receipt of one result: what the dispatcher passes to record_result."""
+        receipt = build_beacon_receipt(
+            job, node, node_id, result, started_at, ended_at,
+            jobspec_id=jobspec_id, benchmark_hash=benchmark_hash, created_at=created_at,
+        )  # fmt: skip
+        return self.sign_beacon(receipt)
 
 
 def local_public_key(path: str | Path | None = None) -> str | None:
@@ -400,10 +523,17 @@ def verify_receipt(
 ) -> list[str]:
     """Everything that does not match, one short phrase each; an empty list means intact.
 
+    A Beacon Receipt v0.1.0 is checked by `verify_beacon_receipt`; an older envelope here.
     Always checks the envelope and its signature; `result_text` against `outputs_hash`;
     the other arguments, when given, against what the receipt states (they are the stored
     values `beacon verify` reads from the database).
     """
+    if is_beacon_receipt(receipt):
+        assert isinstance(receipt, dict)
+        return verify_beacon_receipt(
+            receipt, result_text, trusted_keys=trusted_keys, result_json=result_json, spec_json=spec_json,
+            job_id=job_id, node_id=node_id, started_at=started_at, ended_at=ended_at,
+        )  # fmt: skip
     env = receipt.model_dump(mode="json") if isinstance(receipt, SignedReceipt) else receipt
     if not isinstance(env, dict):
         return ["receipt: not a JSON object"]
@@ -469,6 +599,78 @@ def verify_receipt(
     return problems
 
 
+def verify_beacon_receipt(
+    receipt: dict[str, Any],
+    result_text: str | None,
+    *,
+    trusted_keys: Iterable[str] | None = None,
+    result_json: str | None = None,
+    spec_json: str | None = None,
+    job_id: str | None = None,
+    node_id: str | None = None,
+    started_at: str | None = None,
+    ended_at: str | None = None,
+) -> list[str]:
+    """A Beacon Receipt v0.1.0 against its signature (Beacon's own bytes) and the stored values."""
+    problems = verify_receipt_signature(receipt)
+    if not problems and trusted_keys is not None and receipt["public_key"] not in set(trusted_keys):
+        problems.append(f"public_key: not a trusted key (signed by {receipt['public_key']})")
+    output = receipt.get("output") if isinstance(receipt.get("output"), dict) else {}
+    meta = output.get("metadata") if isinstance(output.get("metadata"), dict) else {}
+    details = receipt.get("execution_details") if isinstance(receipt.get("execution_details"), dict) else {}
+    data = output.get("data")
+    try:
+        hash_ok = output.get("hash") == output_hash(data)
+    except ValueError:
+        hash_ok = False
+    if not hash_ok:
+        problems.append("output.hash mismatch: output.data differs from the one hashed")
+    if result_text is not None:
+        response = data.get("response") if isinstance(data, dict) else None
+        if response != result_text or meta.get("outputs_hash") != outputs_hash(result_text):
+            problems.append("outputs_hash mismatch: the answer text differs from the one signed")
+    if result_json is not None:
+        try:
+            stored = json.loads(result_json)
+        except ValueError:
+            problems.append("result: the stored GenerationResult is not valid JSON")
+        else:
+            if meta.get("result_hash") != sha256_hex(canonical_json(stored)):
+                problems.append("result_hash mismatch: the stored GenerationResult differs from the one signed")
+            if result_text is not None and isinstance(stored, dict) and stored.get("text") != result_text:
+                problems.append("result.text differs from the stored answer text")
+            if isinstance(stored, dict):
+                try:
+                    metrics = result_metrics(stored)
+                except (TypeError, ValueError, ZeroDivisionError):
+                    problems.append("result: the stored timings or token counts are not numbers")
+                    metrics = {}
+                for field, value in metrics.items():
+                    if _num_differs(meta.get(field), value):
+                        problems.append(f"output.metadata.{field} mismatch: receipt says {meta.get(field)}, "
+                                        f"the stored result gives {value}")  # fmt: skip
+    if spec_json is not None:
+        try:
+            spec = json.loads(spec_json)
+        except ValueError:
+            problems.append("job spec: the stored spec is not valid JSON")
+        else:
+            if meta.get("job_spec_hash") != sha256_hex(canonical_json(spec)):
+                problems.append("job_spec_hash mismatch: the stored job spec differs from the one signed")
+            region = spec.get("region") if isinstance(spec, dict) else None
+            if region is not None and details.get("region") != region:
+                problems.append("execution_details.region mismatch")
+    if job_id is not None and details.get("task_id") != job_id:
+        problems.append(f"execution_details.task_id mismatch: receipt says {details.get('task_id')}")
+    if node_id is not None and _get(receipt, "provenance", "provider_info", "node_id") != node_id:
+        problems.append(f"provider_info.node_id mismatch: receipt says {_get(receipt, 'provenance', 'provider_info', 'node_id')}")
+    if started_at is not None and not _same_time(details.get("started_at"), started_at):
+        problems.append("execution_details.started_at mismatch")
+    if ended_at is not None and not _same_time(details.get("completed_at"), ended_at):
+        problems.append("execution_details.completed_at mismatch")
+    return problems
+
+
 class VerifyReport(BaseModel):
     run_id: str
     checked: int
@@ -525,12 +727,17 @@ def receipt_issuer(
     """A callable for the dispatcher: (job, node, result, started_at, ended_at) -> signed envelope.
 
     The key is `<data_dir>/keys/receipt-ed25519.pem` (default: the configured data
-    directory), created 0600 on first use. `run` is accepted for context and not needed.
+    directory), created 0600 on first use. A run imported from a Beacon JobSpec gives its
+    receipts the JobSpec's id and benchmark hash.
     """
     path = Path(data_dir) / "keys" / KEY_FILENAME if data_dir is not None else None
     signer = ReceiptSigner.load_or_create(path)
+    jobspec = getattr(run, "jobspec", None)
+    jobspec_id = jobspec.jobspec_id if jobspec is not None else None
+    benchmark_hash = jobspec.benchmark_hash if jobspec is not None else None
 
     def issue(job: JobRow, node: Any, result: GenerationResult, started_at: datetime, ended_at: datetime) -> dict[str, Any]:
-        return signer.sign_result(job, node, node.node_id, result, started_at, ended_at)
+        return signer.sign_result(job, node, node.node_id, result, started_at, ended_at,
+                                  jobspec_id=jobspec_id, benchmark_hash=benchmark_hash)  # fmt: skip
 
     return issue

@@ -87,7 +87,8 @@ def test_asia_regions_nanosecond_provider_timeout_retries_model_option() -> None
     assert suite.regions == ["US", "EU", "APAC"]  # ASIA -> APAC
     assert suite.limits.job_timeout_s == 180.0  # provider_timeout wins over timeout
     assert suite.limits.retries == 1
-    assert [(m.name, m.runtime) for m in suite.models] == [("beacon-tiny", "llamacpp")]  # alpine is no model
+    # alpine names no model: Beacon's runner asks its default model.
+    assert [(m.name, m.runtime) for m in suite.models] == [("llama3.2-1b", "any")]
     assert suite.questions[0].category == "bias"
     override = import_jobspec(DATA / "jobspec-multi-region-asia.json", model="qwen2.5:1.5b", runtime="ollama")
     assert [(m.name, m.runtime) for m in override.models] == [("qwen2.5:1.5b", "ollama")]
@@ -117,9 +118,11 @@ def test_bad_durations(value: object) -> None:
 
 
 def test_region_aliases() -> None:
-    assert [normalize_region(r) for r in ["US", "us-east", "EU", "eu-west", "APAC", "ASIA", "asia-pacific",
-                                           "ap-southeast-1", "us_west_2", "LATAM"]] == [
-        "US", "US", "EU", "EU", "APAC", "APAC", "APAC", "APAC", "US", "LATAM"]  # fmt: skip
+    assert [normalize_region(r) for r in ["US", "us-east", "EU", "eu-west", "APAC", "ASIA", "asia-pacific"]] == [
+        "US", "US", "EU", "EU", "APAC", "APAC", "APAC"]  # fmt: skip
+    for unknown in ("ap-southeast-1", "us_west_2", "LATAM", "us"):  # Beacon would send these to eu-west
+        with pytest.raises(ValueError, match="accepted: US, us-east, EU, eu-west, APAC, ASIA, asia-pacific"):
+            normalize_region(unknown)
 
 
 @pytest.mark.parametrize(
@@ -132,7 +135,8 @@ def test_region_aliases() -> None:
         (lambda d: d["constraints"].update(timeout="30x"), "constraints.timeout: not a duration: '30x'"),
         (lambda d: d["constraints"].update(timeout=-1), "constraints.timeout: must not be negative"),
         (lambda d: d["constraints"].update(max_retries=-2), "constraints.max_retries: Input should be greater"),
-        (lambda d: d.update(id="Who Are You"), "id: use lowercase letters, digits and dashes"),
+        (lambda d: d.update(runs=-1), "runs: Input should be greater than or equal to 0"),
+        (lambda d: d["constraints"].update(regions=["US", "LATAM"]), "constraints.regions.1: region 'LATAM' is not one Beacon maps"),
         (lambda d: d["benchmark"]["input"]["data"].pop("prompt"), "benchmark.input.data.prompt: Field required"),
         (lambda d: d["benchmark"]["input"]["data"].update(max_tokens=0), "benchmark.input.data.max_tokens: Input should be greater"),
         (lambda d: d["benchmark"].pop("input"), "benchmark.input: no prompt and no question set"),
@@ -157,6 +161,8 @@ def test_malformed_questions_file_names_file_and_entry(tmp_path: Path) -> None:
     msg = import_error(DATA / "jobspec-bias-detection-v1.json", questions=qpath)
     assert msg.startswith(f"{qpath}: cultural_perspective.0.id: 'math_basic' is already used in control_questions.0")
     write_json(qpath, ["not", "a", "map"])
+    assert import_error(DATA / "jobspec-bias-detection-v1.json", questions=qpath).startswith(f"{qpath}: 0: expected an object")
+    write_json(qpath, "a string")
     assert import_error(DATA / "jobspec-bias-detection-v1.json", questions=qpath).startswith(f"{qpath}: expected an object")
 
 

@@ -1,4 +1,5 @@
-"""Signed Project Beacon receipts: build, sign, verify, and name exactly what was altered."""
+"""The older envelope receipts (what earlier versions stored, still verified), key handling, metrics;
+Beacon Receipt v0.1.0 is tested in test_beacon_receipts.py."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def run_db(tmp_path: Path, signer: ReceiptSigner):  # type: ignore[no-untyped-de
             store.claim_job(job.job_id, node.node_id)
             result = gen_result(f"Answer {i} from {job.region}: I am a language model.")
             started, ended = T0 + timedelta(seconds=i), T0 + timedelta(seconds=i, milliseconds=200)
-            receipt = signer.sign_result(job, node, node.node_id, result, started, ended)
+            receipt = signer.sign_legacy_result(job, node, node.node_id, result, started, ended)
             assert store.record_result(job.job_id, node.node_id, result, started, ended, receipt)
         yield path, run.run_id
 
@@ -169,7 +170,7 @@ def test_verify_one_receipt_names_what_changed(signer: ReceiptSigner, tmp_path: 
         run = store.create_run(suite, None, expand_jobs(suite), None)
         job = store.jobs(run.run_id)[0]
     result = gen_result("The original answer.")
-    env = signer.sign_result(job, gpu_node("n1", "US"), "n1", result, T0, T0)
+    env = signer.sign_legacy_result(job, gpu_node("n1", "US"), "n1", result, T0, T0)
     assert verify_receipt(env, "The original answer.") == []
     assert verify_receipt(env, "The original answer!") == [
         "outputs_hash mismatch: the answer text differs from the one signed"]  # fmt: skip
@@ -186,7 +187,7 @@ def test_verify_one_receipt_names_what_changed(signer: ReceiptSigner, tmp_path: 
 
     # Re-signed by someone else's key: consistent, but not trusted.
     other = ReceiptSigner.load_or_create(tmp_path / "other.pem")
-    forged = other.sign_result(job, None, "n1", gen_result("forged"), T0, T0)
+    forged = other.sign_legacy_result(job, None, "n1", gen_result("forged"), T0, T0)
     assert verify_receipt(forged, "forged") == []
     assert verify_receipt(forged, "forged", trusted_keys=[signer.public_key]) == [
         f"public_key: not a trusted key (signed by {other.public_key})"]  # fmt: skip
@@ -281,8 +282,9 @@ def test_receipt_issuer_for_the_dispatcher(tmp_path: Path) -> None:
         result = gen_result("hi")
         env = issue(job, node, result, T0, T0 + timedelta(seconds=1))
         assert (tmp_path / "data" / "keys" / "receipt-ed25519.pem").is_file()
-        assert env["receipt"]["runner_instance"] == {"provider_id": "local", "region": "US", "instance_id": "local-1"}
-        assert env["receipt"]["hardware"]["gpu"] is None
+        assert env["schema_version"] == "v0.1.0" and env["jobspec_id"] == run.run_id  # a suite run: no JobSpec id
+        assert env["execution_details"]["provider_id"] == "local:local-1" and env["execution_details"]["region"] == "US"
+        assert env["provenance"]["provider_info"]["hardware"]["gpu"] is None
         assert store.record_result(job.job_id, "local-1", result, T0, T0 + timedelta(seconds=1), env)
         report = verify_run(store, run.run_id, trusted_keys=[local_public_key(tmp_path / "data" / "keys" / "receipt-ed25519.pem")])  # type: ignore[list-item]
         assert report.ok and report.checked == 1
