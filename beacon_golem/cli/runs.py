@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from beacon_golem.cli import app
+from beacon_golem.cli.jobspec_options import ModelMap, Questions, RequireSignature, Trust, jobspec_options
 from beacon_golem.core.errors import UsageError
 from beacon_golem.core.files import write_text_atomic
 from beacon_golem.requestor.store.rows import JobRow, ResultRow, RunRow
@@ -191,30 +192,59 @@ CSV_COLUMNS = [
 
 def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
     result = record["result"] or {}
-    receipt_run = ((record["receipt"] or {}).get("receipt") or {}).get("run") or {}
+    receipt = record["receipt"] or {}
+    if receipt.get("schema_version") == "v0.1.0":  # Beacon's receipt: our figures are in output.metadata
+        receipt_run = (receipt.get("output") or {}).get("metadata") or {}
+    else:  # the envelope of earlier versions
+        receipt_run = (receipt.get("receipt") or {}).get("run") or {}
     row = {k: record.get(k) for k in CSV_COLUMNS if k in record}
     for key in ("finish_reason", "prompt_tokens", "completion_tokens", "token_count_source", "ttft_ms", "e2e_ms"):
         row[key] = result.get(key)
     row["tok_per_s"] = receipt_run.get("tok_per_s")
     row["outputs_hash"] = receipt_run.get("outputs_hash")
-    return {k: ("" if row.get(k) is None else row.get(k)) for k in CSV_COLUMNS}
+    return {k: ("" if row.get(k) is None else csv_cell(row.get(k))) for k in CSV_COLUMNS}
+
+
+#: Largest receipt file or export read by `beacon verify --receipt` (suites and JobSpecs: 8 MiB).
+RECEIPT_FILE_MAX_BYTES = 4 * 1024**3
+
+
+#: What makes a spreadsheet read a cell as a formula (OWASP's list for CSV injection).
+_FORMULA_LEAD = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `+1+1`, `@SUM`) gets a
+    leading `'`, so it is shown as the text it is; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(_FORMULA_LEAD):
+        return "'" + value
+    return value
 
 
 @runs_app.command("export")
 def runs_export(
     run_id: str = typer.Argument(..., help="Run id, a unique prefix of it, or 'latest'"),
-    fmt: str = typer.Option("jsonl", "--format", help="jsonl (every field, receipts included) or csv"),
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl (every field, receipts included), csv, or beacon (Beacon's executions)"),
     out_path: Path = typer.Option(None, "--out", help="File to write (default: standard output)"),
     db: Path = _db_option(),
 ) -> None:
     """Every job of a run with its answer, timings and receipt."""
-    if fmt not in ("jsonl", "csv"):
-        raise UsageError(f"--format: '{fmt}' is not one of jsonl, csv")
+    if fmt not in ("jsonl", "csv", "beacon"):
+        raise UsageError(f"--format: '{fmt}' is not one of jsonl, csv, beacon")
     with _open(db) as store:
         run = store.find_run(run_id)
         results = {r.job_id: r for r in store.results(run.run_id)}
-        records = [export_record(run, j, results.get(j.job_id)) for j in store.jobs(run.run_id)]
-    if fmt == "jsonl":
+        jobs = store.jobs(run.run_id)
+        nodes = {n.node_id: n for n in store.nodes(run.run_id)}
+        records = [export_record(run, j, results.get(j.job_id)) for j in jobs]
+    if fmt == "beacon":
+        from beacon_golem.requestor.work.beacon_export import beacon_execution
+
+        executions = [beacon_execution(run, j, results[j.job_id], nodes.get(results[j.job_id].node_id))
+                      for j in jobs if j.job_id in results]  # fmt: skip
+        text = "".join(e.model_dump_json() + "\n" for e in executions)
+        records = [r for r in records if r["text"] is not None]
+    elif fmt == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:
         buf = io.StringIO()
@@ -232,20 +262,65 @@ def runs_export(
 
 @runs_app.command("plan")
 def runs_plan(
-    suite_file: Path = typer.Argument(..., help="Suite file (YAML)"),
+    suite_file: Path = typer.Argument(..., help="Suite file (YAML) or Project Beacon JobSpec (JSON)"),
     show_jobs: bool = typer.Option(False, "--jobs", help="List every planned job"),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (jobs, questions, models, regions, signature)"),
+    questions: Questions = None,
+    model_map: ModelMap = None,
+    trust: Trust = None,
 ) -> None:
-    """Check a suite file and show the jobs a run of it would plan (touches no database)."""
-    from beacon_golem.core.suite import expand_jobs, load_suite
+    """Check a suite or JobSpec and show the jobs a run of it would plan (touches no database)."""
+    from beacon_golem.core.beacon import SignatureVerdict
+    from beacon_golem.core.suite import expand_jobs
+    from beacon_golem.requestor.work.driver import load_run_input
 
-    suite = load_suite(suite_file)
+    loaded = load_run_input(suite_file, jobspec_options(questions, model_map, trust, False), check_signature=False)
+    suite = loaded.suite
     jobs = expand_jobs(suite)
+    job = loaded.jobspec
+    verdict = job.provenance.signature if job is not None else SignatureVerdict(status="unsigned")
+    if as_json:
+        doc = {
+            "jobs": len(jobs),
+            "questions": [{"id": q.id, "category": q.category, "text": q.text} for q in suite.questions],
+            "models": [
+                {"name": m.name, "runtime": m.runtime, "beacon_id": m.label if job is not None else None,
+                 "regions": suite.model_regions(m)}
+                for m in suite.models
+            ],
+            "regions": suite.regions,
+            "repetitions": suite.generation.repetitions,
+            "signature": {"status": verdict.status, "scheme": verdict.scheme, "public_key": verdict.public_key,
+                          "reason": verdict.reason, "trust": verdict.trust},  # fmt: skip
+            "suite_hash": suite.suite_hash(),
+        }
+        if job is not None:
+            p = job.provenance
+            doc |= {"jobspec_id": p.jobspec_id, "layout": p.layout, "expected_executions": p.expected_executions,
+                    "warnings": p.warnings}  # fmt: skip
+        typer.echo(json.dumps(doc, ensure_ascii=False, indent=2))
+        return
     g = suite.generation
-    out.print(f"[bold]{suite.name}[/bold]  {suite.suite_hash()}")
-    out.print(f"{len(suite.questions)} questions x {len(suite.models)} models x {len(suite.regions)} regions "
-              f"x {g.repetitions} repetitions = {len(jobs)} jobs")  # fmt: skip
-    out.print(f"regions: {', '.join(suite.regions)}; models: "
-              + ", ".join(f"{m.name} ({m.runtime})" for m in suite.models))  # fmt: skip
+    out.print(f"[bold]{suite.name}[/bold]  {suite.suite_hash()}", markup=True, highlight=False)
+    per_model = {len(suite.model_regions(m)) for m in suite.models}
+    if len(per_model) <= 1:
+        out.print(f"{len(suite.questions)} questions x {len(suite.models)} models x {len(suite.regions)} regions "
+                  f"x {g.repetitions} repetitions = {len(jobs)} jobs", highlight=False)  # fmt: skip
+    else:
+        out.print(f"{len(suite.questions)} questions x {len(suite.models)} models in their regions "
+                  f"x {g.repetitions} repetitions = {len(jobs)} jobs", highlight=False)  # fmt: skip
+    models = ", ".join(
+        f"{m.name} ({m.runtime})" + (f" for Beacon {m.beacon_id}" if m.beacon_id else "")
+        + (f" in {', '.join(m.regions)}" if m.regions else "")
+        for m in suite.models
+    )
+    out.print(f"regions: {', '.join(suite.regions)}; models: {models}", highlight=False)
+    if job is not None:
+        p = job.provenance
+        out.print(f"jobspec: {p.jobspec_id} ({p.layout} layout)", highlight=False, markup=False)
+        out.print(f"signature: {verdict.line()}", highlight=False, markup=False)
+        for warning in p.warnings:
+            out.print(f"note: {warning}", highlight=False, markup=False)
     if show_jobs:
         table = Table(title="Planned jobs")
         for col in ("#", "Key", "System prompt"):
@@ -263,7 +338,7 @@ def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None
     """(label, envelope, text, result_json) for a receipt file or a `runs export` JSONL file."""
     from beacon_golem.core.suite import read_text_file
 
-    raw = read_text_file(path)
+    raw = read_text_file(path, max_bytes=RECEIPT_FILE_MAX_BYTES)  # an export of a large run is large
     try:
         docs = [json.loads(raw)]
     except json.JSONDecodeError:
@@ -322,7 +397,7 @@ def verify(
     problems: list[str] = []
     if receipt is not None:
         items = _load_receipt_file(receipt)
-        given_text = read_text_file(text_file) if text_file is not None else None
+        given_text = read_text_file(text_file, max_bytes=RECEIPT_FILE_MAX_BYTES) if text_file is not None else None
         for label, envelope, text, result_json in items:
             text = given_text if given_text is not None else text
             for problem in verify_receipt(envelope, text, trusted_keys=trusted, result_json=result_json):
@@ -350,24 +425,36 @@ def verify(
 @app.command("import-jobspec")
 def import_jobspec_cmd(
     jobspec: Path = typer.Argument(..., help="Project Beacon JobSpec (JSON)"),
-    questions: Path = typer.Option(None, "--questions", help="Questions file (category -> [{id, text, context}])"),
+    questions: Questions = None,
     out_path: Path = typer.Option(None, "--out", help="Write the suite here (default: standard output)"),
-    model: str = typer.Option(None, "--model", help="Model to ask (default: from the container image, else beacon-tiny)"),
+    model: str = typer.Option(None, "--model", help="Ask this model for every Beacon model (default: --model-map, else the Beacon id)"),
+    model_map: ModelMap = None,
     runtime: str = typer.Option(None, "--runtime", help="llamacpp, ollama, dmr, vllm or any"),
     regional_context: bool = typer.Option(False, "--regional-context", help="Add a regional system prompt (Beacon's context mode)"),
+    trust: Trust = None,
+    require_signature: RequireSignature = False,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists"),
 ) -> None:
-    """Turn a Project Beacon JobSpec into a suite file for `beacon run`."""
+    """Turn a Project Beacon JobSpec into a suite file for `beacon run` (its signature must verify)."""
     from beacon_golem.core.suite import RuntimeName, dump_suite_yaml
-    from beacon_golem.requestor.work.beacon_import import import_jobspec
+    from beacon_golem.requestor.work.beacon_import import enforce_signature, read_jobspec
 
     allowed = get_args(RuntimeName)
     if runtime is not None and runtime not in allowed:
         raise UsageError(f"--runtime: '{runtime}' is not one of {', '.join(allowed)}")
     if out_path is not None and out_path.exists() and not force:
         raise UsageError(f"{out_path}: already exists (pass --force to overwrite)")
-    suite = import_jobspec(jobspec, questions, model=model, runtime=runtime, regional_context=regional_context)  # type: ignore[arg-type]
-    text = f"# Imported from {jobspec.name} by `beacon import-jobspec`; suite hash {suite.suite_hash()}\n"
+    options = jobspec_options(questions, model_map, trust, require_signature)
+    job = read_jobspec(jobspec, options.questions, model=model, model_map=options.model_map, runtime=runtime,  # type: ignore[arg-type]
+                       regional_context=regional_context, trusted=options.trusted)  # fmt: skip
+    warning = enforce_signature(job, require_signature=require_signature)
+    for line in ([warning] if warning else []) + [f"note: {w}" for w in job.provenance.warnings]:
+        typer.echo(line, err=True)
+    suite = job.suite
+    p = job.provenance
+    text = (f"# Imported from {jobspec.name} by `beacon import-jobspec`; suite hash {suite.suite_hash()}\n"
+            f"# JobSpec {p.jobspec_id} ({p.layout} layout), signature {p.signature.status}"
+            + (f" ({p.signature.scheme}, key {p.signature.public_key})" if p.signature.scheme else "") + "\n")  # fmt: skip
     text += dump_suite_yaml(suite)
     if out_path is None:
         sys.stdout.write(text)
@@ -389,15 +476,16 @@ def diff(
     run_id: str = typer.Argument(..., help="Run id, a unique prefix of it, or 'latest'"),
     md: Path = typer.Option(None, "--md", help="Write the Markdown report here"),
     json_path: Path = typer.Option(None, "--json", help="Write the JSON report here"),
-    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Regions disagree below this similarity"),
+    threshold: float = typer.Option(0.8, min=0.0, max=1.0, help="Regions disagree below this similarity (one answer per region)"),
+    bootstrap: int = typer.Option(1000, min=100, max=100_000, help="Bootstrap resamples behind each interval (repetitions)"),
     db: Path = _db_option(),
 ) -> None:
-    """Answers side by side by region and model, and where regions disagree."""
+    """Answers side by side by region and model, Beacon's measures, and where regions disagree."""
     from beacon_golem.reports.differences import build_report, render_markdown
 
     with _open(db) as store:
         run = store.find_run(run_id)
-        report = build_report(store, run.run_id, threshold=threshold)
+        report = build_report(store, run.run_id, threshold=threshold, bootstrap=bootstrap)
     markdown = render_markdown(report)
     if md is None and json_path is None:
         sys.stdout.write(markdown)

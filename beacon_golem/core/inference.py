@@ -7,7 +7,7 @@ shim, the dispatcher, the store and the reports: change them only with all four.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,16 +64,21 @@ class GenerationResult(BaseModel):
     chunk with non-empty content, `e2e_ms` to the last content chunk (or the end of the
     response when nothing was streamed), `itl_ms` the gaps between content chunks.
     `server_timings` holds the runtime's own figures converted to milliseconds.
+
+    Every number is finite and none is negative: a result comes from a node, and a NaN or an
+    infinity would break the receipt, the store and every report that reads it.
     """
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     text: str
     finish_reason: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
+    prompt_tokens: int | None = Field(ge=0)
+    completion_tokens: int | None = Field(ge=0)
     token_count_source: TokenCountSource
-    ttft_ms: float | None
-    e2e_ms: float
-    itl_ms: list[float] = Field(default_factory=list)
+    ttft_ms: float | None = Field(ge=0)
+    e2e_ms: float = Field(ge=0)
+    itl_ms: list[Annotated[float, Field(ge=0)]] = Field(default_factory=list)
     server_timings: dict[str, float] | None = None
     runtime: str
     model: str

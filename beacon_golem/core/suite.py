@@ -34,6 +34,7 @@ from beacon_golem.core.bench import PerfPlan
 from beacon_golem.core.canonical import canonical_json, sha256_hex
 from beacon_golem.core.errors import UsageError, one_line
 from beacon_golem.core.inference import ChatMessage, GenerationRequest
+from beacon_golem.core.untrusted import MAX_INPUT_FILE_BYTES, check_structure, loads_json, nonfinite_path, read_bounded
 
 #: Runtimes a model can ask for; "any" lets the dispatcher use whatever a node serves.
 RuntimeName = Literal["llamacpp", "ollama", "dmr", "vllm", "any"]
@@ -42,6 +43,9 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _REGION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 #: The separator inside job keys; no id, model name or region may contain it.
 KEY_SEP = "|"
+#: Longest a job may take, and longest a retry may wait: finite, and small enough for every timer.
+MAX_JOB_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_BACKOFF_S = 24 * 3600.0
 
 
 
@@ -106,13 +110,32 @@ class ModelSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=300)
     runtime: RuntimeName = "any"
+    #: The regions this model is asked in (a subset of the suite's); none: every region.
+    regions: list[str] | None = Field(default=None, min_length=1)
+    #: The model's id in Project Beacon (e.g. llama3.2-1b) when `name` is what a node serves for it.
+    beacon_id: str | None = Field(default=None, min_length=1, max_length=300)
 
-    @field_validator("name")
+    @model_serializer(mode="wrap")
+    def _no_empty_extras(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Leave `regions` and `beacon_id` out when unset: a suite without them hashes as before."""
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("regions", "beacon_id"):
+                if key in data and data[key] is None:
+                    del data[key]
+        return data
+
+    @field_validator("name", "beacon_id")
     @classmethod
-    def _name(cls, value: str) -> str:
-        if KEY_SEP in value or value != value.strip():
+    def _name(cls, value: str | None) -> str | None:
+        if value is not None and (KEY_SEP in value or value != value.strip()):
             raise ValueError(f"must not contain '{KEY_SEP}' or surrounding spaces")
         return value
+
+    @property
+    def label(self) -> str:
+        """How reports and job keys name the model: its Beacon id when it has one."""
+        return self.beacon_id or self.name
 
 
 class GenerationParams(BaseModel):
@@ -121,8 +144,8 @@ class GenerationParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_tokens: int = Field(default=256, ge=1, le=131_072)
-    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    temperature: float | None = Field(default=0.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
     #: Sent unchanged on every repetition; null lets the runtime pick.
     seed: int | None = None
     repetitions: int = Field(default=1, ge=1, le=10_000)
@@ -135,12 +158,12 @@ class Limits(BaseModel):
     #: Requests kept in flight on one node.
     per_node_concurrency: int = Field(default=4, ge=1, le=1024)
     #: Seconds one generation may take before it is given up and retried.
-    job_timeout_s: float = Field(default=600.0, gt=0)
+    job_timeout_s: float = Field(default=600.0, gt=0, le=MAX_JOB_TIMEOUT_S, allow_inf_nan=False)
     #: Further attempts after the first one fails (0: never retry).
     retries: int = Field(default=2, ge=0, le=100)
     #: Delay before the first retry, doubled on each further one, capped at `backoff_max_s`.
-    backoff_s: float = Field(default=2.0, ge=0)
-    backoff_max_s: float = Field(default=60.0, ge=0)
+    backoff_s: float = Field(default=2.0, ge=0, le=MAX_BACKOFF_S, allow_inf_nan=False)
+    backoff_max_s: float = Field(default=60.0, ge=0, le=MAX_BACKOFF_S, allow_inf_nan=False)
 
     @model_validator(mode="after")
     def _backoff(self) -> Limits:
@@ -153,6 +176,20 @@ class Limits(BaseModel):
         if attempt <= 1:
             return 0.0
         return min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 2))
+
+
+class Acceptance(BaseModel):
+    """When a run counts as done although some jobs failed (a Beacon JobSpec's constraints).
+
+    Without it a run is done only when every job is.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: Regions in which at least one job must have succeeded.
+    min_regions: int = Field(default=1, ge=1)
+    #: Share of the run's jobs that must have succeeded.
+    min_success_rate: float = Field(default=0.67, ge=0.0, le=1.0)
 
 
 class PerfSection(PerfPlan):
@@ -195,13 +232,16 @@ class Suite(BaseModel):
     generation: GenerationParams = Field(default_factory=GenerationParams)
     limits: Limits = Field(default_factory=Limits)
     perf: PerfSection | None = None
+    acceptance: Acceptance | None = None
 
     @model_serializer(mode="wrap")
     def _no_empty_perf(self, handler: SerializerFunctionWrapHandler) -> Any:
-        """Leave `perf` out when unset, so a suite without one hashes as it did before perf existed."""
+        """Leave `perf` and `acceptance` out when unset, so a suite without them hashes as it did before."""
         data = handler(self)
-        if isinstance(data, dict) and data.get("perf", 0) is None:
-            del data["perf"]
+        if isinstance(data, dict):
+            for key in ("perf", "acceptance"):
+                if data.get(key, 0) is None:
+                    del data[key]
         return data
 
     @field_validator("system_prompt")
@@ -221,6 +261,15 @@ class Suite(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _finite(self) -> Suite:
+        """No NaN or infinity anywhere (a perf rate, an overload threshold...): JSON has no such number,
+        so the stored suite would not read back, and no timer takes one."""
+        where = nonfinite_path(self.model_dump())
+        if where is not None:
+            raise ValueError(f"{where}: must be a finite number (NaN and infinity are refused)")
+        return self
+
+    @model_validator(mode="after")
     def _consistent(self) -> Suite:
         if not self.questions and self.perf is None:
             raise ValueError("questions: a suite needs at least one question, a perf section, or both")
@@ -231,11 +280,22 @@ class Suite(BaseModel):
             if q.id in seen:
                 raise ValueError(f"questions: id '{q.id}' is used twice")
             seen.add(q.id)
-        pairs = [(m.name, m.runtime) for m in self.models]
+        pairs = [(m.label, m.runtime) for m in self.models]
         for pair in pairs:
             if pairs.count(pair) > 1:
                 raise ValueError(f"models: '{pair[0]}' on runtime {pair[1]} is listed twice")
         regions = set(self.regions)
+        for i, m in enumerate(self.models):
+            unknown_regions = [r for r in m.regions or [] if r not in regions]
+            if unknown_regions:
+                raise ValueError(
+                    f"models.{i}.regions: region '{unknown_regions[0]}' is not in regions ({', '.join(self.regions)})"
+                )
+        if self.acceptance is not None and self.acceptance.min_regions > len(self.regions):
+            raise ValueError(
+                f"acceptance.min_regions: {self.acceptance.min_regions} is more than the suite's "
+                f"{len(self.regions)} regions"
+            )
         for where, prompt in [("system_prompt", self.system_prompt)] + [
             (f"questions.{i}.system_prompt", q.system_prompt) for i, q in enumerate(self.questions)
         ]:
@@ -261,8 +321,13 @@ class Suite(BaseModel):
         """"sha256:" + hex of the canonical JSON (sorted keys, no whitespace) of the suite."""
         return sha256_hex(canonical_json(self.canonical()))
 
+    def model_regions(self, model: ModelSpec) -> list[str]:
+        """The regions a model is asked in, in the suite's order."""
+        return [r for r in self.regions if model.regions is None or r in model.regions]
+
     def job_count(self) -> int:
-        return len(self.questions) * len(self.models) * len(self.regions) * self.generation.repetitions
+        per_question = sum(len(self.model_regions(m)) for m in self.models)
+        return len(self.questions) * per_question * self.generation.repetitions
 
 
 def suite_hash(suite: Suite) -> str:
@@ -286,10 +351,13 @@ class PlannedJob(BaseModel):
     repetition: int
     system_prompt: str | None = None
     request: GenerationRequest
+    #: The model's Project Beacon id, when the suite names one (`ModelSpec.beacon_id`).
+    beacon_model: str | None = None
 
     def spec(self, suite_hash_value: str) -> dict[str, Any]:
         """The job's spec: what a receipt's `job_spec_hash` is the hash of."""
-        return {
+        extra = {"beacon_model": self.beacon_model} if self.beacon_model is not None else {}
+        return extra | {
             "suite_hash": suite_hash_value,
             "key": self.key,
             "question_id": self.question_id,
@@ -312,7 +380,7 @@ def expand_jobs(suite: Suite) -> list[PlannedJob]:
     jobs: list[PlannedJob] = []
     for question in suite.questions:
         for model in suite.models:
-            for region in suite.regions:
+            for region in suite.model_regions(model):
                 system = suite.system_prompt_for(question, region)
                 messages = ([ChatMessage(role="system", content=system)] if system else []) + [
                     ChatMessage(role="user", content=question.text)
@@ -329,7 +397,7 @@ def expand_jobs(suite: Suite) -> list[PlannedJob]:
                 for rep in range(gen.repetitions):
                     jobs.append(
                         PlannedJob(
-                            key=job_key(question.id, model.name, model.runtime, region, rep),
+                            key=job_key(question.id, model.label, model.runtime, region, rep),
                             seq=len(jobs),
                             question_id=question.id,
                             category=question.category,
@@ -339,6 +407,7 @@ def expand_jobs(suite: Suite) -> list[PlannedJob]:
                             repetition=rep,
                             system_prompt=system,
                             request=request,
+                            beacon_model=model.beacon_id,
                         )
                     )
     return jobs
@@ -367,28 +436,41 @@ def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = F
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
 
 
+def parse_json(text: str, source: str) -> Any:
+    """Parse JSON; a syntax error becomes `SOURCE: not valid JSON: line N column M: problem`."""
+    return loads_json(text, what=source)
+
+
+def parse_data(text: str, source: str) -> Any:
+    """A `.json` file as JSON (its errors say JSON, with line and column), anything else as YAML."""
+    if source.lower().endswith(".json"):
+        return parse_json(text, source)
+    return parse_yaml(text, source)
+
+
 def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML; a syntax error becomes `SOURCE: not valid YAML: line N: problem`."""
+    """Parse YAML; a syntax error becomes `SOURCE: not valid YAML: line N: problem`. A document
+    nested too deep, referring to itself, or growing past the bound through aliases is refused
+    the same way (core/untrusted.py)."""
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise UsageError(f"{source}: not valid YAML: nested too deep") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         where = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
         raise UsageError(f"{source}: not valid YAML: {where}{problem}") from None
+    check_structure(data, what=source, finite=False)  # the models say which number is not finite, and why
+    return data
 
 
-def read_text_file(path: Path) -> str:
+def read_text_file(path: Path, max_bytes: int = MAX_INPUT_FILE_BYTES) -> str:
+    """A regular UTF-8 file of at most `max_bytes` (never a FIFO or a device: see `read_bounded`)."""
     try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a file") from None
+        return read_bounded(path, max_bytes).decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
 
 
 def parse_suite(text: str, source: str = "<suite>") -> Suite:
@@ -429,4 +511,12 @@ def dump_suite_yaml(suite: Suite) -> str:
         for key in ("context", "system_prompt"):
             if question.get(key) is None:
                 question.pop(key, None)
-    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
+    # Never hand out a suite file that does not read back as this very suite.
+    try:
+        same = parse_suite(text, "<written suite>").suite_hash() == suite.suite_hash()
+    except UsageError as exc:
+        raise UsageError(f"the suite cannot be written as a valid suite file: {exc}") from None
+    if not same:
+        raise UsageError("the suite cannot be written as a suite file that reads back the same")
+    return text

@@ -28,6 +28,14 @@ from pydantic import BaseModel, Field
 
 from beacon_golem.core.clock import utcnow
 from beacon_golem.core.errors import BeaconError
+from beacon_golem.reports.beacon_measures import (
+    BOOTSTRAP,
+    BeaconMeasures,
+    DistributionComparison,
+    beacon_measures,
+    classify,
+    compare_distributions,
+)
 from beacon_golem.requestor.store.rows import JobRow, ResultRow
 from beacon_golem.requestor.store.store import Store
 
@@ -119,6 +127,8 @@ class Answer(BaseModel):
     completion_tokens: int | None = None
     e2e_ms: float | None = None
     error: str | None = None
+    #: Beacon's classification: substantive, content_refusal, technical_failure (no answer or under 50 bytes), unknown.
+    beacon_class: str | None = None
 
 
 class PairSimilarity(BaseModel):
@@ -141,6 +151,10 @@ class ModelComparison(BaseModel):
     missing_regions: list[str]
     disagree: bool
     reasons: list[str]
+    #: Beacon's own measures: consistency, narrative divergence, factual difference, classes.
+    beacon: BeaconMeasures | None = None
+    #: With two or more answers per region: between- against within-region disagreement, with intervals.
+    distribution: DistributionComparison | None = None
 
 
 class QuestionReport(BaseModel):
@@ -182,6 +196,14 @@ class DifferenceReport(BaseModel):
     refusal_keywords: list[str] = Field(default_factory=lambda: list(REFUSAL_KEYWORDS))
     questions: list[QuestionReport]
     summary: Summary
+    #: Whether the answers were sampled (temperature above 0, or the runtime's default): repetitions then differ.
+    sampling: bool = False
+    bootstrap: int = BOOTSTRAP
+    beacon_method: str = (
+        "Beacon's consistency: mean pairwise Jaccard over word sets (words of 3+ bytes) of answers of "
+        "different regions; factual difference below 0.3 (high), below 0.15 (critical); narrative divergence "
+        "= 1 - consistency; answers under 50 bytes or missing are technical failures"
+    )
 
 
 def _answer(job: JobRow, result: ResultRow | None) -> Answer:
@@ -204,10 +226,14 @@ def _answer(job: JobRow, result: ResultRow | None) -> Answer:
         answer.finish_reason = result.result.finish_reason
         answer.completion_tokens = result.result.completion_tokens
         answer.e2e_ms = result.result.e2e_ms
+    answer.beacon_class = classify(answer.text, lambda t: bool(refusal_keywords(t)))
     return answer
 
 
-def _compare(model: str, runtime: str, regions: list[str], answers: list[Answer], threshold: float) -> ModelComparison:
+def _compare(
+    model: str, runtime: str, regions: list[str], answers: list[Answer], threshold: float, *, key: str = "",
+    bootstrap: int = BOOTSTRAP,
+) -> ModelComparison:  # fmt: skip
     texts: dict[str, list[str]] = {r: [a.text for a in answers if a.region == r and a.text is not None] for r in regions}
     answering = [r for r in regions if texts[r]]
     missing = [r for r in regions if not texts[r]]
@@ -220,13 +246,37 @@ def _compare(model: str, runtime: str, regions: list[str], answers: list[Answer]
     all_texts = [t for r in answering for t in texts[r]]
     exact_match = not missing and len(set(all_texts)) == 1
     min_sim = min((p.similarity for p in pairs), default=None)
+    measures = beacon_measures(
+        {r: [a.text for a in answers if a.region == r] for r in regions}, lambda t: bool(refusal_keywords(t))
+    )
+    distribution = compare_distributions(
+        {r: texts[r] for r in answering},
+        {r: [a.refusal for a in answers if a.region == r and a.text is not None] for r in answering},
+        key=key or f"{model}|{runtime}",
+        bootstrap=bootstrap,
+    )
+    # Every answering region has a distribution of answers: judge by it, not by one pair of samples.
+    judged = distribution is not None and len(distribution.samples) == len(answering)
     reasons: list[str] = []
-    if refusing and len(refusing) < len(answering):
-        reasons.append(f"refused in {', '.join(refusing)} but answered in "
-                       f"{', '.join(r for r in answering if r not in refusing)}")  # fmt: skip
-    if min_sim is not None and min_sim < threshold:
-        low = min(pairs, key=lambda p: p.similarity)
-        reasons.append(f"answers differ: {low.region_a} vs {low.region_b} similarity {low.similarity:.2f}")
+    if judged:
+        assert distribution is not None
+        for rp in distribution.refusal_pairs:
+            if rp.differs:
+                reasons.append(f"refusal rates differ: {rp.region_a} {rp.rate_a:.0%} vs {rp.region_b} {rp.rate_b:.0%} "
+                               f"(difference {rp.difference:+.2f}, {distribution.confidence:.0%} CI "
+                               f"[{rp.ci_low:+.2f}, {rp.ci_high:+.2f}], n={rp.n_a}+{rp.n_b})")  # fmt: skip
+        for tp in distribution.pairs:
+            if tp.exceeds:
+                reasons.append(f"{tp.region_a} vs {tp.region_b} disagree beyond their own variation: excess distance "
+                               f"{tp.excess:.2f} ({distribution.confidence:.0%} CI [{tp.ci_low:.2f}, {tp.ci_high:.2f}], "
+                               f"n={tp.n_a}+{tp.n_b})")  # fmt: skip
+    else:
+        if refusing and len(refusing) < len(answering):
+            reasons.append(f"refused in {', '.join(refusing)} but answered in "
+                           f"{', '.join(r for r in answering if r not in refusing)}")  # fmt: skip
+        if min_sim is not None and min_sim < threshold:
+            low = min(pairs, key=lambda p: p.similarity)
+            reasons.append(f"answers differ: {low.region_a} vs {low.region_b} similarity {low.similarity:.2f}")
     if missing and len(regions) > 1:
         reasons.append(f"no answer from {', '.join(missing)}")
     return ModelComparison(
@@ -241,10 +291,20 @@ def _compare(model: str, runtime: str, regions: list[str], answers: list[Answer]
         missing_regions=missing,
         disagree=bool(reasons),
         reasons=reasons,
+        beacon=measures,
+        distribution=distribution,
     )
 
 
-def build_report(store: Store, run_id: str, *, threshold: float = DEFAULT_THRESHOLD) -> DifferenceReport:
+def _label(job: JobRow) -> str:
+    """A job's model as reports name it: its Beacon model id when the suite gave one."""
+    beacon = job.spec.get("beacon_model")
+    return beacon if isinstance(beacon, str) and beacon else job.model
+
+
+def build_report(
+    store: Store, run_id: str, *, threshold: float = DEFAULT_THRESHOLD, bootstrap: int = BOOTSTRAP
+) -> DifferenceReport:
     """The difference report of one run, from the store alone."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError("threshold must be between 0 and 1")
@@ -267,12 +327,15 @@ def build_report(store: Store, run_id: str, *, threshold: float = DEFAULT_THRESH
         if not q_jobs:
             continue
         question = by_question.get(qid)
-        model_keys = list(dict.fromkeys((j.model, j.runtime) for j in q_jobs))
+        model_keys = list(dict.fromkeys((_label(j), j.runtime) for j in q_jobs))
         q_comparisons = []
         for model, runtime in model_keys:
-            answers = [_answer(j, results.get(j.job_id)) for j in q_jobs if (j.model, j.runtime) == (model, runtime)]
+            answers = [_answer(j, results.get(j.job_id)).model_copy(update={"model": model})
+                       for j in q_jobs if (_label(j), j.runtime) == (model, runtime)]  # fmt: skip
             answers.sort(key=lambda a: (regions.index(a.region), a.repetition))
-            comparison = _compare(model, runtime, regions, answers, threshold)
+            model_regions = [r for r in regions if any(a.region == r for a in answers)]
+            comparison = _compare(model, runtime, model_regions, answers, threshold, key=f"{run_id}|{qid}|{model}|{runtime}",
+                                  bootstrap=bootstrap)  # fmt: skip
             q_comparisons.append(comparison)
             if comparison.disagree:
                 disagreements.append(
@@ -315,6 +378,8 @@ def build_report(store: Store, run_id: str, *, threshold: float = DEFAULT_THRESH
         threshold=threshold,
         questions=questions,
         summary=summary,
+        sampling=suite is not None and (suite.generation.temperature is None or suite.generation.temperature > 0),
+        bootstrap=bootstrap,
     )
 
 
@@ -328,7 +393,22 @@ def _cell(text: str | None, limit: int = 240) -> str:
     flat = " ".join(text.split())
     if len(flat) > limit:
         flat = flat[: limit - 1] + "…"
-    return flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;") or "*(empty)*"
+    escaped = flat.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;")
+    return safe_links(escaped) or "*(empty)*"
+
+
+#: A Markdown link's target: after `](` (inline link or image) or `]:` (a reference definition).
+_LINK_TARGET = re.compile(r"\](\(|:)\s*(?:&lt;)?\s*([^\s)]*)")
+_WEB_URL = re.compile(r"https?://", re.IGNORECASE)
+
+
+def safe_links(markdown: str) -> str:
+    """Links of answers (text a model wrote) stay links only to http(s) URLs: any other target
+    (`javascript:`, `data:`, `file:`, relative) has its `]` escaped, so it is shown as text."""
+    def fix(match: re.Match[str]) -> str:
+        return match.group(0) if _WEB_URL.match(match.group(2)) else "\\" + match.group(0)
+
+    return _LINK_TARGET.sub(fix, markdown)
 
 
 def _answer_cell(answers: list[Answer]) -> str:
@@ -357,6 +437,10 @@ def render_markdown(report: DifferenceReport) -> str:
         f"Similarity: {report.similarity_method}. Regions disagree below {report.threshold:.2f}, "
         f"when some refuse and others answer, or when a region has no answer. "
         f"Refusal: a keyword from the list in docs/reports.md within the first {report.refusal_window} characters.",
+        "",
+        f"{report.beacon_method}. With several answers per region, regions disagree only where the distance "
+        f"between them exceeds their own variation ({report.bootstrap} bootstrap resamples, 95% interval above 0)"
+        + (" (sampling was on)." if report.sampling else " (greedy decoding: repetitions repeat themselves)."),
         "",
         "## Summary",
         "",
@@ -393,8 +477,40 @@ def render_markdown(report: DifferenceReport) -> str:
             pairs = ", ".join(f"{p.region_a}/{p.region_b} {p.similarity:.2f}{' (exact)' if p.exact else ''}" for p in c.pairs)
             verdict = "identical in every region" if c.exact_match else ("disagree: " + "; ".join(c.reasons) if c.disagree else "agree")
             lines.append(f"- {_cell(c.model)}: {verdict}" + (f"; similarity {pairs}" if pairs else ""))
+            lines += _beacon_lines(c)
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _beacon_lines(c: ModelComparison) -> list[str]:
+    """Beacon's measures of a comparison, and the distribution test when there are repetitions."""
+    lines: list[str] = []
+    b = c.beacon
+    if b is not None:
+        classes = "; ".join(
+            f"{region}: " + ", ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(counts.items()))
+            for region, counts in b.classes.items()
+        )
+        if b.consistency is not None:
+            lines.append(f"  - Beacon: consistency {b.consistency:.2f}, narrative divergence {b.narrative_divergence:.2f}, "
+                         f"factual difference {b.factual_difference}; {classes}")  # fmt: skip
+        else:
+            lines.append(f"  - Beacon: {classes}")
+    d = c.distribution
+    if d is not None:
+        for tp in d.pairs:
+            verdict = "beyond" if tp.exceeds else "within"
+            lines.append(
+                f"  - {tp.region_a} vs {tp.region_b} ({tp.n_a}+{tp.n_b} answers): between {tp.between:.2f}, within "
+                f"{tp.within_a:.2f} / {tp.within_b:.2f}, excess {tp.excess:+.2f} ({d.confidence:.0%} CI "
+                f"[{tp.ci_low:+.2f}, {tp.ci_high:+.2f}]): {verdict} the regions' own variation"
+            )
+        for rp in d.refusal_pairs:
+            lines.append(
+                f"  - refusals {rp.region_a} {rp.rate_a:.0%} vs {rp.region_b} {rp.rate_b:.0%} ({d.confidence:.0%} CI of "
+                f"the difference [{rp.ci_low:+.2f}, {rp.ci_high:+.2f}]): {'differ' if rp.differs else 'no difference shown'}"
+            )
+    return lines
 
 
 def write_difference_report(

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from pydantic import SecretStr
 
 from beacon_golem.node.launcher import LocalNode
 from beacon_golem.node.loadgen import (
@@ -34,8 +35,10 @@ from beacon_golem.node.loadgen.prompts import LlamaServerTokenizer, random_promp
 class SlotWatcher:
     """Polls llama-server's /slots and keeps the most slots it ever saw processing at once."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, key: SecretStr | None = None) -> None:
         self.url = url
+        #: The runtime's API key (a node launches llama-server with one: docs/shim.md).
+        self.headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
         self.max_busy = 0
         self.polls = 0
         self._stop = asyncio.Event()
@@ -43,7 +46,7 @@ class SlotWatcher:
 
     async def _run(self) -> None:
         # A fresh connection each poll: llama-server closes streamed connections anyway.
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True), headers=self.headers) as session:
             while not self._stop.is_set():
                 async with session.get(self.url + "/slots") as resp:
                     slots = await resp.json()
@@ -139,8 +142,9 @@ async def test_prompts_hit_the_length_and_are_seeded(llama_server: str) -> None:
 async def test_through_the_shim(local_node: LocalNode) -> None:
     spec = PromptSpec(input_len=16, output_len=96)
     profile = ConcurrencyProfile(concurrency=4, num_prompts=16, warmup=2)
-    async with SlotWatcher(local_node.runtime_url) as slots:
-        result = await run_bench(local_node.url, profile, spec, detailed=True)
+    async with SlotWatcher(local_node.runtime_url, local_node.runtime_api_key) as slots:
+        target = Target(url=local_node.url, runtime_token=local_node.runtime_api_key)
+        result = await run_bench(target, profile, spec, detailed=True)
     step = result.steps[0]
     assert result.target.via == "shim" and step.via == "shim"
     assert step.endpoint == local_node.url + "/v1/chat/completions"
@@ -150,7 +154,7 @@ async def test_through_the_shim(local_node: LocalNode) -> None:
     # The node's fingerprint and the runtime's settings come with the result.
     assert result.node is not None and result.node["node_id"] and result.node["system"]["cpu_cores"]
     assert result.server_settings.get("total_slots") == 4
-    # The shim's upstream answers from here, so its tokenizer and counters were used.
+    # The shim's upstream answers from here, and its key was given, so its tokenizer and counters were used.
     assert step.input_tokens_method == "server-tokenizer"
     assert step.server_check.server_output_tokens == 16 * 96
 

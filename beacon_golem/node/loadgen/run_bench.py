@@ -146,8 +146,30 @@ async def _run(
     progress: ProgressCallback | None,
     on_step: StepCallback | None,
 ) -> BenchResult:
-    tokenizer = await make_tokenizer(session, resolved, target)
-    reader = ServerMetricsReader(session, metrics_url_for(resolved, target), resolved.runtime)
+    runtime_session = session
+    if resolved.via == "shim" and target.runtime_token is not None:  # the runtime's own key, not the shim's token
+        runtime_session = new_session(target.runtime_token.get_secret_value(), force_close=True)
+    try:
+        return await _run_with(session, runtime_session, resolved, target, profile, spec, slo, detailed, progress, on_step)
+    finally:
+        if runtime_session is not session:
+            await runtime_session.close()
+
+
+async def _run_with(
+    session: aiohttp.ClientSession,
+    runtime_session: aiohttp.ClientSession,
+    resolved: ResolvedTarget,
+    target: Target,
+    profile: Profile,
+    spec: PromptSpec,
+    slo: SLO | None,
+    detailed: bool,
+    progress: ProgressCallback | None,
+    on_step: StepCallback | None,
+) -> BenchResult:
+    tokenizer = await make_tokenizer(runtime_session, resolved, target)
+    reader = ServerMetricsReader(runtime_session, metrics_url_for(resolved, target), resolved.runtime)
     generator = LoadGenerator(resolved.adapter, resolved.model, reader, progress)
     fixed = spec.fixed_output and resolved.adapter.supports_ignore_eos
     result = BenchResult(

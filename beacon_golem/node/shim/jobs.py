@@ -10,6 +10,10 @@ appended to `steps.jsonl` (with the attempt number), and the whole `BenchResult`
 to `bench.json` (or the reason it failed to `error.json`) before the job is done. A shim
 that restarts mid-benchmark runs the benchmark again from its first step (a measurement cut
 by a restart is not one), keeping the earlier attempt's steps in `steps.jsonl`.
+
+A node keeps at most `max_jobs` jobs and `max_bytes` of them on disk: past either, the oldest
+finished (done or cancelled) jobs are deleted, files and memory; when only unfinished jobs are
+left and the node is still full, a new job is refused (503).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -27,7 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from beacon_golem.api.bodies import JobItem, JobSubmission, JobView, NodeJobState, PerfJob
 from beacon_golem.core.bench import BenchResult, StepResult
-from beacon_golem.core.errors import BeaconError
+from beacon_golem.core.errors import BeaconError, RuntimeUnavailable
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
 from beacon_golem.core.log import get_logger
 
@@ -59,6 +64,17 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+class JobsFull(RuntimeUnavailable):
+    """The node keeps as many unfinished jobs (or bytes of them) as it may: try again later (503)."""
+
+
+def _dir_bytes(directory: Path) -> int:
+    try:
+        return sum(e.stat().st_size for e in os.scandir(directory) if e.is_file(follow_symlinks=False))
+    except OSError:
+        return 0
+
+
 class Job:
     def __init__(self, job_id: str, spec: JobSubmission, directory: Path, state: _StateFile) -> None:
         self.id = job_id
@@ -72,24 +88,44 @@ class Job:
         self.error: str | None = None
         self.steps_done = 0
 
+        #: Bytes of the job's files on disk, kept up to date as they grow.
+        self.bytes = 0
+        #: Called with the bytes each write added (the manager keeps the node within its bounds).
+        self.on_growth: Callable[[Job, int], None] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state.state in ("done", "cancelled")
+
+    def _grew(self, added: int) -> None:
+        self.bytes += added
+        if self.on_growth is not None:
+            self.on_growth(self, added)
+
     def save_state(self) -> None:
         _write_atomic(self.dir / "state.json", self.state.model_dump_json())
 
     def append(self, item: JobItem) -> None:
+        line = item.model_dump_json() + "\n"
         with (self.dir / "results.jsonl").open("a") as fh:
-            fh.write(item.model_dump_json() + "\n")
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
         self.items[item.index] = item
+        self._grew(len(line.encode()))
 
     def write_json(self, name: str, data: Any) -> None:
-        _write_atomic(self.dir / name, json.dumps(data))
+        text = json.dumps(data)
+        _write_atomic(self.dir / name, text)
+        self._grew(len(text.encode()))
 
     def append_line(self, name: str, data: Any) -> None:
+        line = json.dumps(data) + "\n"
         with (self.dir / name).open("a") as fh:
-            fh.write(json.dumps(data) + "\n")
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self._grew(len(line.encode()))
 
     def view(self, with_results: bool) -> JobView:
         if self.spec.perf is not None:
@@ -123,12 +159,46 @@ class Job:
 class JobManager:
     """Owns every job of one shim; `generate` runs one request against the runtime."""
 
-    def __init__(self, root: Path, generate: Generate, perf: PerfRunner | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        generate: Generate,
+        perf: PerfRunner | None = None,
+        *,
+        max_jobs: int = 200,
+        max_bytes: int = 512 * 1024 * 1024,
+    ) -> None:
         self.root = root
         self.generate = generate
         self.perf = perf
+        self.max_jobs = max_jobs
+        self.max_bytes = max_bytes
         self.jobs: dict[str, Job] = {}
         root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(j.bytes for j in self.jobs.values())
+
+    def _track(self, job: Job) -> None:
+        job.on_growth = lambda grown, _added: self._prune(keep=grown)
+        self.jobs[job.id] = job
+
+    def _prune(self, *, keep: Job | None = None, room_for_one: bool = False, new_bytes: int = 0) -> None:
+        """Delete the oldest finished jobs while the node holds more than its bounds allow
+        (`room_for_one`: leave room for one more job of `new_bytes`)."""
+        def over() -> bool:
+            count = len(self.jobs) + (1 if room_for_one else 0)
+            return count > self.max_jobs or self.total_bytes + new_bytes > self.max_bytes
+
+        if not over():
+            return
+        for job in sorted((j for j in self.jobs.values() if j.finished and j is not keep), key=lambda j: j.state.created_at):
+            if not over():
+                break
+            self.jobs.pop(job.id, None)
+            shutil.rmtree(job.dir, ignore_errors=True)
+            log.info("job_pruned", job=job.id, bytes=job.bytes, jobs=len(self.jobs), total_bytes=self.total_bytes)
 
     def load(self) -> None:
         """Read every job back from disk and resume the unfinished ones."""
@@ -160,19 +230,30 @@ class JobManager:
                     except ValidationError:
                         continue  # a line torn by a crash mid-write: that request runs again
                     job.items[item.index] = item
-            self.jobs[job.id] = job
+            job.bytes = _dir_bytes(directory)
+            self._track(job)
             if state.state in ("queued", "running"):
                 log.info("job_resumed", job=job.id, finished=len(job.items), total=spec.total)
                 self._start(job)
+        self._prune()  # a store left larger than the bounds (by an older version) is brought within them
 
     def submit(self, spec: JobSubmission) -> Job:
+        text = spec.model_dump_json()
+        self._prune(room_for_one=True, new_bytes=len(text))
+        if len(self.jobs) >= self.max_jobs or self.total_bytes + len(text) > self.max_bytes:
+            raise JobsFull(
+                f"this node holds {len(self.jobs)} unfinished jobs ({self.total_bytes:,} bytes): the most it keeps is "
+                f"{self.max_jobs} jobs and {self.max_bytes:,} bytes (BEACON_MAX_STORED_JOBS, BEACON_MAX_STORED_JOB_BYTES); "
+                "wait for one to finish or cancel one"
+            )
         job_id = uuid.uuid4().hex
         directory = self.root / job_id
         directory.mkdir()
-        _write_atomic(directory / "spec.json", spec.model_dump_json())
+        _write_atomic(directory / "spec.json", text)
         job = Job(job_id, spec, directory, _StateFile(state="queued", created_at=_now()))
         job.save_state()
-        self.jobs[job_id] = job
+        job.bytes = _dir_bytes(directory)
+        self._track(job)
         self._start(job)
         return job
 

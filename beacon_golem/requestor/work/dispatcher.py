@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from beacon_golem.api.client import NodeUnreachable, ShimClient, ShimError
+from beacon_golem.api.client import MAX_NODE_BODY_BYTES, NodeUnreachable, ShimClient, ShimError
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.log import get_logger
@@ -39,7 +39,10 @@ class DispatchConfig(BaseModel):
     per_node_concurrency: int | None = None
     health_interval_s: float = 2.0
     #: How long one health check may take: a busy node answers slowly, a dead one refuses at once.
-    health_timeout_s: float = 10.0
+    #: Its own setting (BEACON_HEALTH_TIMEOUT_S), never the suite's job timeout.
+    health_timeout_s: float = Field(default=10.0, gt=0)
+    #: Largest body read from a node (a larger one fails the request, and nothing more of it is read).
+    max_body_bytes: int = Field(default=MAX_NODE_BODY_BYTES, ge=1024)
     #: Consecutive failures (health checks or requests) after which a node counts as lost.
     node_failures_to_lose: int = 2
     #: How long jobs no node can serve wait for a matching node to join (Golem fleets add nodes).
@@ -120,6 +123,9 @@ class Dispatcher:
         self.wakeup = asyncio.Event()
         self.progress = RunProgress(total=0)
         self._no_match_since: float | None = None
+        #: Attempts each job had before this dispatch: a resumed run gives every job its retries again.
+        self._attempts_before: dict[str, int] = {}
+        self._closing: set[asyncio.Future[None]] = set()
 
     # ---- entry ---------------------------------------------------------------------------------
     async def run(self) -> RunProgress:
@@ -128,6 +134,7 @@ class Dispatcher:
         self.progress.done = sum(1 for j in jobs if j.state == "done")
         self.progress.failed = sum(1 for j in jobs if j.state == "failed")
         self.pending = {j.job_id: j for j in jobs if j.state == "pending"}
+        self._attempts_before = {j.job_id: j.attempts for j in self.pending.values()}
         for node in self.fleet.nodes():
             self._add_node(node)
         self._drain_fleet_events()
@@ -143,6 +150,7 @@ class Dispatcher:
             await asyncio.gather(*tasks, return_exceptions=True)
             for state in self.nodes.values():
                 await state.client.close()
+            await asyncio.gather(*self._closing, return_exceptions=True)
         self._emit()
         return self.progress
 
@@ -152,13 +160,29 @@ class Dispatcher:
             return
         if self.config.per_node_concurrency:
             node = node.model_copy(update={"concurrency": self.config.per_node_concurrency})
-        client = ShimClient(node.url, node.token, timeout_s=self.config.limits.job_timeout_s)
+        client = ShimClient(
+            node.url, node.token, timeout_s=self.config.limits.job_timeout_s, max_body_bytes=self.config.max_body_bytes
+        )
+        replaced = self.nodes.get(node.node_id)
+        if replaced is not None:  # a lost node back again: its old client's session is closed, not leaked
+            self._closing.add(asyncio.ensure_future(replaced.client.close()))
         self.nodes[node.node_id] = _NodeState(node=node, client=client)
         self.progress.nodes[node.node_id] = NodeProgress(node_id=node.node_id, region=node.region)
         self.store.upsert_node(self.run_id, node)
         self.store.add_event(self.run_id, "node_added", node_id=node.node_id, url=node.url, region=node.region)
         log.info("node_added", node=node.node_id, region=node.region, url=node.url)
+        self._warn_context(node)
         self.wakeup.set()
+
+    def _warn_context(self, node: Node) -> None:
+        """Say so (an event and a warning) when the jobs ask for more tokens than the node's runtime
+        holds for one request: their answers would be cut at the context's end."""
+        settings = node.info.runtime.settings if node.info is not None else {}
+        context = next((v for k in ("n_ctx", "max_model_len") if isinstance(v := settings.get(k), int) and v > 0), None)
+        wanted = max((j.request.max_tokens for j in self.pending.values() if node_matches(node, j)), default=0)
+        if context is not None and wanted > context:
+            self.store.add_event(self.run_id, "max_tokens_over_context", node_id=node.node_id, max_tokens=wanted, context=context)
+            log.warning("max_tokens_over_context", node=node.node_id, max_tokens=wanted, context=context)
 
     async def _lose_node(self, node_id: str, reason: str) -> None:
         """We found the node broken: stop using it, then tell the fleet (which may replace it)."""
@@ -206,7 +230,8 @@ class Dispatcher:
 
     async def _check(self, state: _NodeState) -> None:
         try:
-            health = await asyncio.wait_for(state.client.health(), timeout=self.config.health_timeout_s)
+            timeout = self.config.health_timeout_s  # its own setting: a job's timeout says nothing of a health check
+            health = await asyncio.wait_for(state.client.health(timeout_s=timeout), timeout=timeout + 1)
             ok, reason = health.status == "ok", health.reason or "unhealthy"
         except (TimeoutError, BeaconError) as exc:
             ok, reason = False, str(exc) or "health check timed out"
@@ -253,11 +278,16 @@ class Dispatcher:
             return
         now = time.monotonic()
         self._no_match_since = self._no_match_since or now
-        if now - self._no_match_since < self.config.unmatched_wait_s:
+        # Wait for a node only while one may still join (a Golem fleet renting a replacement);
+        # one that rents no more (budget spent, replacements used up) fails them now, saying why.
+        expecting = self.fleet.expecting_nodes()
+        if now - self._no_match_since < self.config.unmatched_wait_s and expecting:
             return
+        why = "" if expecting else self.fleet.why_no_more_nodes()
         for job in orphans:
             where = f"region {job.region}, " if job.region else ""
-            self._fail(job, f"no live node serves {where}model {job.model} (runtime {job.runtime or 'any'})")
+            reason = f"no live node serves {where}model {job.model} (runtime {job.runtime or 'any'})"
+            self._fail(job, f"{reason}: {why}" if why else reason)
 
     def _start(self, state: _NodeState, job: JobRow) -> None:
         del self.pending[job.job_id]
@@ -273,19 +303,32 @@ class Dispatcher:
 
     def _job_task_done(self, state: _NodeState, job: JobRow, task: asyncio.Task[None]) -> None:
         """Every job task ends here, also one cancelled before its first step (its body never
-        sees that cancellation): a cancelled job goes back to pending for another node."""
+        sees that cancellation): a cancelled job goes back to pending for another node. A task
+        that raised (its body handles every exception, so only a failure of that handling itself)
+        has its exception retrieved and its job ended here: no job is left running."""
         state.tasks.discard(task)
         self.progress.nodes[state.node.node_id].in_flight -= 1
         if task.cancelled():
             self._requeue(job, state.node.node_id, f"node {state.node.node_id} lost mid-job")
+        elif (exc := task.exception()) is not None:
+            log.error("job_task_failed", job=job.job_id, node=state.node.node_id, error=repr(exc))
+            try:
+                self._retry_or_fail(job, state.node.node_id, f"internal error: {exc!r}")
+            except Exception:  # the store itself failed: the run's final check finds the job unfinished
+                log.exception("job_not_ended", job=job.job_id)
         self.wakeup.set()
 
     async def _run_job(self, state: _NodeState, job: JobRow) -> None:
+        """One job on one node, every step of it (the request, the answer's checks, the receipt,
+        the store) inside one `try`: whatever a node sends, the job ends done, requeued or failed."""
         node = state.node
         progress = self.progress.nodes[node.node_id]
         started = datetime.now(UTC)
         try:
             result = await state.client.infer(job.request)
+            ended = datetime.now(UTC)
+            receipt = self.receipts(job, node, result, started, ended) if self.receipts else None
+            recorded = self.store.record_result(job.job_id, node.node_id, result, started, ended, receipt)
         except ShimError as exc:
             if exc.status in (400, 404, 413, 422):  # the request itself is wrong: retrying won't help
                 self._fail(job, str(exc), node.node_id)
@@ -297,14 +340,14 @@ class Dispatcher:
             self._retry_or_fail(job, node.node_id, str(exc))
             await self._node_failed(state, str(exc))
             return
-        except Exception as exc:  # a bug of ours must not leave the job running forever
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # an answer we cannot sign or store, or a bug of ours: never a job left running
             log.exception("job_error", job=job.job_id, node=node.node_id)
             self._retry_or_fail(job, node.node_id, f"internal error: {exc!r}")
             return
-        ended = datetime.now(UTC)
         state.failures = 0
-        receipt = self.receipts(job, node, result, started, ended) if self.receipts else None
-        if self.store.record_result(job.job_id, node.node_id, result, started, ended, receipt):
+        if recorded:
             self.progress.done += 1
             progress.done += 1
             progress.tokens += result.completion_tokens or 0
@@ -321,10 +364,11 @@ class Dispatcher:
         self.wakeup.set()
 
     def _retry_or_fail(self, job: JobRow, node_id: str, reason: str) -> None:
-        if job.attempts > self.config.limits.retries:
+        attempts = job.attempts - self._attempts_before.get(job.job_id, 0)  # in this dispatch
+        if attempts > self.config.limits.retries:
             self._fail(job, f"failed after {job.attempts} attempts: {reason}", node_id)
             return
-        self._requeue(job, node_id, reason, self.config.limits.backoff_for(job.attempts + 1))
+        self._requeue(job, node_id, reason, self.config.limits.backoff_for(attempts + 1))
 
     def _fail(self, job: JobRow, reason: str, node_id: str | None = None) -> None:
         self.pending.pop(job.job_id, None)

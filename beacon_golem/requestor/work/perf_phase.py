@@ -111,7 +111,7 @@ async def perf_from_requestor(node: Node, section: PerfSection) -> BenchResult:
     """Run the benchmark here, through the node's URL (its shim), end to end."""
 
     token = SecretStr(node.token.get_secret_value()) if node.token is not None else None
-    target = Target(url=node.url, model=section.model, token=token)
+    target = Target(url=node.url, model=section.model, token=token, runtime_token=node.runtime_token)
     result = await asyncio.wait_for(
         run_bench(target, section.profile, section.prompts, slo=section.slo, detailed=section.detailed),
         timeout=section.timeout_s,
