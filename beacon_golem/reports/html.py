@@ -15,7 +15,11 @@ Sections (see docs/reports.md):
 - cost per million output tokens where the store holds GLM spent for a node
   (`extra.glm_spent`, written by the Golem fleet), "n/a" elsewhere;
 - the compatibility matrix (probe checks and runtimes per node) when the run's nodes were
-  probed (`beacon pilot`, beacon_golem/probe/pilot.py).
+  probed (`beacon pilot`, beacon_golem/probe/pilot.py);
+- for a runtime comparison (`beacon compare`), per machine: one line per runtime, the table of
+  best throughput, latency at 1 and at Beacon's concurrency, cold start and GLM per million
+  tokens, which runtime wins at which load, and the recommendation (reports/comparison.py);
+- the runtime `--runtime auto` chose for each node, and why (with the node's fingerprint).
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.files import write_text_atomic
 from beacon_golem.core.matrix import Matrix
 from beacon_golem.reports.charts import DASHES, PALETTE, ChartSpec, LegendEntry, Series, fmt_num, line_chart
+from beacon_golem.reports.comparison import comparison_markdown, comparison_section
 from beacon_golem.reports.differences import DifferenceReport, build_report
 from beacon_golem.reports.markdown import md_cell
 from beacon_golem.reports.matrix import runtimes_text
+from beacon_golem.requestor.store.comparison import Comparison, comparison_from_store
 from beacon_golem.requestor.store.matrix import matrix_from_store
 from beacon_golem.requestor.store.rows import BenchResultRow, NodeRow
 from beacon_golem.requestor.store.store import Store
@@ -117,6 +123,8 @@ class Fingerprint(BaseModel):
     settings: dict[str, str] = Field(default_factory=dict)
     models: list[str] = Field(default_factory=list)
     shim_version: str | None = None
+    #: `--runtime auto`: which runtime was chosen for the node and why (None when not asked).
+    runtime_choice: str | None = None
 
 
 class CostRow(BaseModel):
@@ -158,6 +166,8 @@ class RunReport(BaseModel):
     differences: DifferenceReport | None = None
     #: None when no node of the run was probed.
     compatibility: Matrix | None = None
+    #: None unless the run is a runtime comparison (`beacon compare`).
+    comparison: Comparison | None = None
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,6 +268,13 @@ def _fingerprint(node_id: str, node: NodeRow | None, fallback: dict[str, Any] | 
     os_name = " ".join(str(p) for p in (system.get("distribution") or system.get("os"), system.get("kernel")) if p) or "?"
     version = runtime.get("version")
     settings = {str(k): _short(v) for k, v in (runtime.get("settings") or {}).items() if v not in (None, "", [], {})}
+    choice = node.extra.get("runtime_choice") if node is not None else None
+    choice_text = None
+    if isinstance(choice, dict):
+        applied = "" if choice.get("applied") else " (not applied)"
+        choice_text = f"--runtime auto: {choice.get('variant') or choice.get('runtime')}{applied}: {choice.get('reason')}"
+        if choice.get("note"):
+            choice_text += f" ({choice['note']})"
     provider = None
     if node is not None and (node.provider_name or node.provider_id):
         provider = " ".join(p for p in (node.provider_name, f"({node.provider_id})" if node.provider_id else None) if p)
@@ -276,6 +293,7 @@ def _fingerprint(node_id: str, node: NodeRow | None, fallback: dict[str, Any] | 
         settings=settings,
         models=[str(m) for m in runtime.get("models") or []],
         shim_version=info.get("shim_version"),
+        runtime_choice=choice_text,
     )
 
 
@@ -338,6 +356,7 @@ def build_run_report(store: Store, run_id: str) -> RunReport:
         costs=costs,
         differences=differences,
         compatibility=matrix_from_store(store, run_id),
+        comparison=comparison_from_store(store, run_id),
     )
 
 
@@ -433,7 +452,7 @@ table { border-collapse: collapse; width: 100%; font-size: 13px; margin: 6px 0 4
 th, td { text-align: left; padding: 6px 9px; border-bottom: 1px solid var(--line); vertical-align: top; }
 table.perf-best td, table.perf-steps td, table.costs td, table.regions td { white-space: nowrap; }
 table.regions { width: auto; min-width: 420px; }
-table.perf-steps, table.perf-best { font-size: 12.5px; }
+table.perf-steps, table.perf-best, table.compare-table { font-size: 12.5px; }
 th { background: #f1f3f6; font-weight: 600; color: #39414a; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
@@ -639,7 +658,8 @@ def _fingerprint_section(report: RunReport) -> str:
             f"<b>{_e(f.node_id)}</b>" + (f'<br><span class="muted">{_e(f.provider)}</span>' if f.provider else "")
             + (' <span class="badge bad">lost</span>' if f.status == "lost" else ""),
             _e(f.region or "—"), _e(f.gpu), _e(f.driver), _e(f.cpu), _e(f.ram), _e(f.os),
-            _e(f.runtime) + (f'<br><span class="muted">{_e(", ".join(f.models))}</span>' if f.models else ""),
+            _e(f.runtime) + (f'<br><span class="muted">{_e(", ".join(f.models))}</span>' if f.models else "")
+            + (f'<br><span class="badge info">{_e(f.runtime_choice)}</span>' if f.runtime_choice else ""),
             f'<ul class="settings">{settings}</ul>' if settings else '<span class="muted">—</span>',
         ])  # fmt: skip
     return (
@@ -733,13 +753,16 @@ def render_html(report: RunReport) -> str:
     """The whole report as one HTML document: inline CSS and SVG, no script, nothing to fetch."""
     nav = "".join(
         f'<a href="#{i}">{t}</a>'
-        for i, t in (("summary", "Summary"), ("compatibility", "Compatibility"), ("throughput", "Throughput"),
+        for i, t in (("summary", "Summary"), ("comparison", "Comparison"), ("compatibility", "Compatibility"),
+                     ("throughput", "Throughput"),
                      ("latency", "Latency"), ("benchmarks", "Benchmarks"), ("differences", "Differences"),
                      ("fingerprints", "Nodes"), ("cost", "Cost"))
         if (i not in ("latency", "benchmarks") or report.perf) and (i != "compatibility" or report.compatibility)
+        and (i != "comparison" or report.comparison)
     )  # fmt: skip
     body = (
-        _summary_section(report) + _compatibility_section(report) + _perf_sections(report) + _differences_section(report)
+        _summary_section(report) + comparison_section(report.comparison, CHART_W) + _compatibility_section(report)
+        + _perf_sections(report) + _differences_section(report)
         + _fingerprint_section(report) + _cost_section(report)
     )  # fmt: skip
     return (
@@ -785,6 +808,7 @@ def render_markdown_summary(report: RunReport) -> str:
             )
     else:
         lines.append("No performance benchmark in this run.")
+    lines += comparison_markdown(report.comparison)
     lines += ["", "## Nodes", "", "| Node | Region | GPU | Driver | CPU | RAM | Runtime |", "|---|---|---|---|---|---|---|"]
     for f in report.fingerprints:
         lines.append(f"| {md_cell(f.node_id)} | {md_cell(f.region or '-')} | {md_cell(f.gpu)} | {md_cell(f.driver)} | {md_cell(f.cpu)} | "

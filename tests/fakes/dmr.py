@@ -13,10 +13,18 @@ checked against a real llama-server here: a first chunk with `delta: {"role":
 "assistant", "content": null}`, content chunks, a finish chunk with `delta: {}`, then with
 `stream_options.include_usage` a chunk with `choices: []`, `usage` and `timings` (ms),
 then `data: [DONE]`.
+
+Scheduling, when asked for (`load_s`, `idle_unload_s`, `parallel`), as
+pkg/inference/scheduling/loader.go does it: a model's llama.cpp runner is started by the first
+request for it (that request waits for the load; DMR reports no load figure), and a runner
+left without requests for `runnerIdleTimeout` (5 minutes, a constant) is evicted, so the next
+request loads it again; the runner serves `--parallel` requests at once (its LLAMA_ARGS).
+`GET /_fake/stats` is the fake's own (not DMR's): the most requests it ran at once, its loads.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -28,6 +36,8 @@ DOCUMENT = "https://docs.docker.com/ai/model-runner/api-reference/"
 #: The model the fake holds unless told otherwise.
 MODEL = "ai/smollm2:latest"
 RUNNING = "Running: llama.cpp latest-cpu (sha256:4ad1b2c0) b8840"
+#: pkg/inference/scheduling/loader.go: runnerIdleTimeout = 5 * time.Minute.
+RUNNER_IDLE_TIMEOUT_S = 300.0
 
 
 class FakeDMR(FakeServer):
@@ -48,6 +58,9 @@ class FakeDMR(FakeServer):
         mode: str = "ok",
         delay_s: float = 0.0,
         version: str = "v1.0.9",
+        load_s: float = 0.0,
+        idle_unload_s: float | None = None,
+        parallel: int | None = None,
     ) -> None:
         self.models = models
         self.engine = engine
@@ -55,6 +68,16 @@ class FakeDMR(FakeServer):
         self.mode = mode
         self.delay_s = delay_s
         self.version_string = version
+        self.load_s = load_s
+        #: Idle seconds after which the runner is evicted (None: never).
+        self.idle_unload_s = idle_unload_s
+        self._slots = asyncio.Semaphore(parallel) if parallel else None
+        self._load_lock = asyncio.Lock()
+        self._loaded = False
+        self._released_at = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.loads = 0
         super().__init__()
 
     def routes(self, router: web.UrlDispatcher) -> None:
@@ -65,6 +88,20 @@ class FakeDMR(FakeServer):
         for prefix in ("/engines/llama.cpp/v1", "/engines/v1"):
             router.add_get(prefix + "/models", self.openai_models)
             router.add_post(prefix + "/chat/completions", self.chat)
+        router.add_get("/_fake/stats", self.stats)
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"max_in_flight": self.max_in_flight, "loads": self.loads})
+
+    async def _runner(self) -> None:
+        """The model's runner: started when there is none, or when the last one sat idle past the timeout."""
+        async with self._load_lock:
+            idle = self.in_flight == 0 and asyncio.get_running_loop().time() - self._released_at
+            evicted = self.idle_unload_s is not None and self._loaded and idle is not False and idle > self.idle_unload_s
+            if self.load_s > 0 and (not self._loaded or evicted):
+                await asyncio.sleep(self.load_s)
+                self.loads += 1
+            self._loaded = True
 
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Docker Model Runner is running")
@@ -120,6 +157,22 @@ class FakeDMR(FakeServer):
             return web.Response(status=404, text=f"model not found: {model}\n")
         if self.mode == "http500":
             return web.Response(status=500, text="unable to load runner: llama.cpp exited\n")
+        if self._slots is not None:
+            await self._slots.acquire()
+        try:
+            await self._runner()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                return await self._answer(request, body, model)
+            finally:
+                self.in_flight -= 1
+                self._released_at = asyncio.get_running_loop().time()
+        finally:
+            if self._slots is not None:
+                self._slots.release()
+
+    async def _answer(self, request: web.Request, body: dict[str, Any], model: str) -> web.StreamResponse:
         limit = body.get("max_tokens") or len(self.tokens)
         tokens = list(self.tokens[:limit])
         reason = "length" if len(tokens) == limit else "stop"

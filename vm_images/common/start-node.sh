@@ -18,6 +18,7 @@
 #   BEACON_BAKED_DIR      models baked into the image [/opt/beacon/baked]
 #   BEACON_HOST / BEACON_PORT      where the shim listens [0.0.0.0 / 8080]
 #   BEACON_PARALLEL       requests the runtime serves at once [4]
+#   BEACON_RUNTIME_SETTINGS  the runtime's own settings as JSON ({"ctx_size": 8192, ...}) [none]
 #   BEACON_READY_TIMEOUT  seconds to wait for the model to load [900]
 #   BEACON_REGION         region label reported in /info [none]
 #   BEACON_SHIM_TOKEN     bearer token the shim requires [none]
@@ -91,6 +92,9 @@ if [ -n "${BEACON_RESOLVED_MODEL:-}" ]; then
 fi
 if [ -n "${BEACON_REGION:-}" ]; then
     args+=(--region "$BEACON_REGION")
+fi
+if [ -n "${BEACON_RUNTIME_SETTINGS:-}" ]; then
+    args+=(--settings "$BEACON_RUNTIME_SETTINGS")
 fi
 
 echo "start-node: $BEACON ${args[*]}"

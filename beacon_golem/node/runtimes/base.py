@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 
 from beacon_golem.core.errors import BadUpstream, RuntimeUnavailable, UpstreamError, UpstreamTimeout
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.node import WeightsInfo
+from beacon_golem.core.runtime_settings import RuntimeSettings
 
 
 class RuntimeStatus(BaseModel):
@@ -30,6 +32,8 @@ class RuntimeStatus(BaseModel):
     version: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = None
+    #: The weights served, as far as the runtime tells (format, quantization, context length).
+    weights: WeightsInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,19 @@ class RuntimeAdapter(ABC):
     @classmethod
     @abstractmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
+        cls,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 4,
+        settings: RuntimeSettings | None = None,
     ) -> LaunchSpec:
-        """The command that starts this runtime serving `model` inside a node."""
+        """The command that starts this runtime serving `model` inside a node.
+
+        `settings` (beacon_golem/core/runtime_settings.py) override `parallel` and add the
+        runtime's own flags or variables; a setting the runtime has none for is refused.
+        """
 
     # ---- status ----------------------------------------------------------------------------
     @abstractmethod
@@ -136,6 +150,11 @@ class RuntimeAdapter(ABC):
         """Run one request (streamed, so it can be timed) and normalize the answer."""
 
     # ---- OpenAI-compatible pass-through ----------------------------------------------------
+    def launched(self, key: str) -> Any:
+        """A setting this node launched the runtime with (`RuntimeSettings` field), or None."""
+        given = self.launch_settings.get("settings")
+        return given.get(key) if isinstance(given, dict) else None
+
     def openai_url(self, tail: str) -> str:
         return f"{self.base_url}{self.openai_base}/{tail.lstrip('/')}"
 

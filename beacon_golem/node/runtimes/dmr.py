@@ -24,6 +24,9 @@ pkg/inference/backends/llamacpp/llamacpp_config.go.
   live under MODELS_PATH (default ~/.docker/models).
 - LLAMA_ARGS *replaces* the llama.cpp default arguments (`-ngl 999 --metrics`) rather than
   adding to them, and may not set --model, --host, --embeddings or --mmproj.
+- A model's llama.cpp runner starts on the first request for it and is evicted after 5 idle
+  minutes (pkg/inference/scheduling/loader.go, `runnerIdleTimeout = 5 * time.Minute`, not
+  configurable): the first request after start, and after idle, carries the model load.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import shutil
 from typing import Any, ClassVar
 
 from beacon_golem.core.errors import BadUpstream, RuntimeUnavailable, UpstreamError
+from beacon_golem.core.node import WeightsInfo
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.runtimes.base import LaunchSpec, RuntimeStatus
 from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
 
@@ -61,18 +66,29 @@ class DockerModelRunnerAdapter(LlamaCppAdapter):
 
     @classmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
+        cls,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 4,
+        settings: RuntimeSettings | None = None,
     ) -> LaunchSpec:
         # `model` is not an argument of the server: it must be pulled (POST /models/create).
         # `host` cannot be honoured: the server binds `:MODEL_RUNNER_PORT` on every interface.
+        settings = (settings or RuntimeSettings()).check_for(cls.name)
         if shutil.which("model-runner") is None and shutil.which("dmr") is not None:
             argv = ["dmr", "serve"]
         else:
             argv = ["model-runner"]
-        llama_args = [*DEFAULT_LLAMA_ARGS, "--parallel", str(parallel)]
+        llama_args = [*DEFAULT_LLAMA_ARGS, "--parallel", str(settings.parallel or parallel)]
+        if settings.ctx_size is not None:
+            llama_args += ["--ctx-size", str(settings.ctx_size)]
+        llama_args += settings.extra_args
         return LaunchSpec(
             argv=argv,
             env={
+                **settings.env,
                 "MODEL_RUNNER_PORT": str(port or cls.default_port),
                 # Replaces DMR's defaults, so they are repeated here (GPU offload, metrics).
                 "LLAMA_ARGS": " ".join(llama_args),
@@ -91,9 +107,10 @@ class DockerModelRunnerAdapter(LlamaCppAdapter):
         if engine:
             settings["engine_status"] = engine
         try:
-            models = model_names(await self.get_json("/models", timeout_s=5))
+            listing = await self.get_json("/models", timeout_s=5)
         except RuntimeUnavailable as exc:
             return RuntimeStatus(reachable=True, ready=False, settings=settings, reason=str(exc))
+        models = model_names(listing)
         try:
             version = (await self.get_json("/version", timeout_s=5)).get("version")
         except (RuntimeUnavailable, AttributeError):
@@ -111,4 +128,22 @@ class DockerModelRunnerAdapter(LlamaCppAdapter):
             version=version,
             settings=settings,
             reason=reason,
+            weights=self.weights(listing, models),
+        )
+
+    def weights(self, listing: Any, models: list[str]) -> WeightsInfo | None:
+        """The first model's weights from GET /models `config` (format, quantization, context_size)."""
+        entries = [e for e in listing if isinstance(e, dict)] if isinstance(listing, list) else []
+        if not entries or not models:
+            return None
+        config = entries[0].get("config") if isinstance(entries[0].get("config"), dict) else {}
+        args = str(self.launch_settings.get("env_llama_args") or "").split()
+        ctx = args[args.index("--ctx-size") + 1] if "--ctx-size" in args[:-1] else None
+        context = int(ctx) if ctx and ctx.isdigit() else config.get("context_size")
+        return WeightsInfo(
+            model=models[0],
+            format=str(config.get("format") or "unknown"),
+            quantization=config.get("quantization") or None,
+            context_length=context if isinstance(context, int) else None,
+            source="Docker Model Runner /models config" + (" + LLAMA_ARGS --ctx-size" if ctx else ""),
         )

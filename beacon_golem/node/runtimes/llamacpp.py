@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from beacon_golem.core.errors import BeaconError, RuntimeUnavailable, UpstreamError
+from beacon_golem.core.node import WeightsInfo
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.runtimes.base import LaunchSpec, RuntimeStatus
+from beacon_golem.node.runtimes.gguf_header import GGUFError, read_gguf_header
 from beacon_golem.node.runtimes.openai_compat import OpenAIChatAdapter
 
 INSTALL_HINT = (
@@ -55,14 +58,43 @@ def runtime_version(build_info: str | None) -> str | None:
         return build_info
 
 
+def gguf_weights(model: str | None, path: Any, context: Any, source: str = "llama-server /props") -> WeightsInfo | None:
+    """A GGUF model's weights: quantization from its header when the file is on this machine."""
+    if not model and not path:
+        return None
+    info = WeightsInfo(model=str(model or Path(str(path)).stem), format="gguf", path=str(path) if path else None,
+                       context_length=int(context) if isinstance(context, int) else None, source=source)  # fmt: skip
+    if isinstance(path, str) and Path(path).is_file():
+        try:
+            header = read_gguf_header(path)
+        except (OSError, GGUFError) as exc:
+            info.source = f"{source}; GGUF header unreadable: {exc}"
+            return info
+        info.quantization = header["quantization"]
+        info.size_bytes = Path(path).stat().st_size
+        info.source = f"{source} + GGUF header ({header['quantization_source']})"
+    return info
+
+
 class LlamaCppAdapter(OpenAIChatAdapter):
     name: ClassVar[str] = "llamacpp"
     default_port: ClassVar[int] = 8081
 
+    #: Context per slot when no ctx_size is given: llama-server splits --ctx-size between its slots.
+    CTX_PER_SLOT: ClassVar[int] = 2048
+
     @classmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
+        cls,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 4,
+        settings: RuntimeSettings | None = None,
     ) -> LaunchSpec:
+        settings = (settings or RuntimeSettings()).check_for(cls.name)
+        parallel = settings.parallel or parallel
         binary = find_llama_server()
         argv = [
             str(binary),
@@ -72,11 +104,12 @@ class LlamaCppAdapter(OpenAIChatAdapter):
             "--host", host,
             "--port", str(port or cls.default_port),
             "--parallel", str(parallel),
-            "--ctx-size", str(2048 * parallel),
+            "--ctx-size", str(settings.ctx_size or cls.CTX_PER_SLOT * parallel),
             "--metrics",
             "--no-webui",
+            *settings.extra_args,
         ]  # fmt: skip
-        return LaunchSpec(argv=argv)
+        return LaunchSpec(argv=argv, env=dict(settings.env))
 
     async def status(self) -> RuntimeStatus:
         try:
@@ -101,6 +134,7 @@ class LlamaCppAdapter(OpenAIChatAdapter):
             version=runtime_version(props.get("build_info")),
             settings={k: v for k, v in settings.items() if v is not None},
             reason=None if models else "llama-server holds no model",
+            weights=gguf_weights(models[0] if models else None, settings.get("model_path"), settings.get("n_ctx")),
         )
 
     def server_timings(self, chunk: dict[str, Any]) -> dict[str, float] | None:

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 
 from beacon_golem.core.errors import BadUpstream, RuntimeUnavailable, UpstreamError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult, estimate_tokens
+from beacon_golem.core.node import WeightsInfo
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.runtimes.base import (
     LaunchSpec,
     RuntimeAdapter,
@@ -68,20 +70,30 @@ class OllamaAdapter(RuntimeAdapter):
 
     @classmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
+        cls,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 4,
+        settings: RuntimeSettings | None = None,
     ) -> LaunchSpec:
-        # `ollama serve` takes no model: the model must already be pulled (`ollama pull`).
-        return LaunchSpec(
-            argv=["ollama", "serve"],
-            env={
-                "OLLAMA_HOST": f"{host}:{port or cls.default_port}",
-                # The default of 1 serializes every request: raise it, and record it.
-                "OLLAMA_NUM_PARALLEL": str(parallel),
-                # Keep the model loaded between benchmark phases: an unload after the
-                # default 5 minutes idle puts a model load into the next request's time.
-                "OLLAMA_KEEP_ALIVE": "-1",
-            },
-        )
+        # `ollama serve` takes no model (nor any argument): the model must already be pulled.
+        settings = (settings or RuntimeSettings()).check_for(cls.name)
+        env = {
+            **settings.env,
+            "OLLAMA_HOST": f"{host}:{port or cls.default_port}",
+            # The default of 1 serializes every request: raise it, and record it.
+            "OLLAMA_NUM_PARALLEL": str(settings.parallel or parallel),
+            # Keep the model loaded between benchmark phases: an unload after the
+            # default 5 minutes idle puts a model load into the next request's time.
+            "OLLAMA_KEEP_ALIVE": settings.keep_alive or "-1",
+        }
+        if settings.max_queue is not None:
+            env["OLLAMA_MAX_QUEUE"] = str(settings.max_queue)  # default 512, then 503 "server busy"
+        if settings.ctx_size is not None:
+            env["OLLAMA_CONTEXT_LENGTH"] = str(settings.ctx_size)
+        return LaunchSpec(argv=["ollama", "serve"], env=env)
 
     def num_parallel(self) -> tuple[int, str]:
         """The server's parallelism and where that figure comes from."""
@@ -104,21 +116,40 @@ class OllamaAdapter(RuntimeAdapter):
             # BadUpstream (non-JSON) means something answers, but not Ollama as expected.
             reachable = isinstance(exc, BadUpstream)
             return RuntimeStatus(reachable=reachable, ready=False, reason=str(exc))
-        entries = tags.get("models") if isinstance(tags, dict) else None
-        models = [m.get("name") or m.get("model") for m in entries or [] if isinstance(m, dict)]
-        models = [m for m in models if m]
+        entries = [m for m in (tags.get("models") if isinstance(tags, dict) else None) or [] if isinstance(m, dict)]
+        models = [m for m in (e.get("name") or e.get("model") for e in entries) if m]
         try:
             version = (await self.get_json("/api/version")).get("version")
         except (RuntimeUnavailable, AttributeError):
             version = None
         parallel, source = self.num_parallel()
+        settings: dict[str, Any] = {"num_parallel": parallel, "num_parallel_source": source}
+        for key, env in (("max_queue", "env_ollama_max_queue"), ("keep_alive", "env_ollama_keep_alive"),
+                         ("context_length", "env_ollama_context_length")):  # fmt: skip
+            if self.launch_settings.get(env) not in (None, ""):
+                settings[key] = self.launch_settings[env]
         return RuntimeStatus(
             reachable=True,
             ready=bool(models),
             models=models,
             version=version,
-            settings={"num_parallel": parallel, "num_parallel_source": source},
+            settings=settings,
             reason=None if models else "Ollama holds no model (ollama pull MODEL)",
+            weights=self.weights(entries[0]) if entries else None,
+        )
+
+    def weights(self, entry: dict[str, Any]) -> WeightsInfo:
+        """The first model's weights from /api/tags `details` (format, quantization_level)."""
+        details = entry.get("details") if isinstance(entry.get("details"), dict) else {}
+        context = self.launch_settings.get("env_ollama_context_length")
+        size = entry.get("size")
+        return WeightsInfo(
+            model=str(entry.get("name") or entry.get("model")),
+            format=str(details.get("format") or "unknown"),
+            quantization=details.get("quantization_level") or None,
+            context_length=int(context) if isinstance(context, str) and context.isdigit() else None,
+            size_bytes=size if isinstance(size, int) else None,
+            source="ollama /api/tags" + (" + OLLAMA_CONTEXT_LENGTH" if context else " (context: Ollama's default)"),
         )
 
     def chat_body(self, request: GenerationRequest, model: str) -> dict[str, Any]:

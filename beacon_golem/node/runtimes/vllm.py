@@ -25,12 +25,16 @@ protocol.py (ModelCard, ErrorResponse), vllm/entrypoints/serve/utils/api_utils.p
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, ClassVar
 
 from beacon_golem.core.errors import RuntimeUnavailable, UpstreamError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.node import WeightsInfo
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.runtimes.base import LaunchSpec, RuntimeStatus, StreamClock
 from beacon_golem.node.runtimes.openai_compat import OpenAIChatAdapter
 
@@ -43,19 +47,34 @@ class VLLMAdapter(OpenAIChatAdapter):
 
     @classmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 256
+        cls,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        parallel: int = 256,
+        settings: RuntimeSettings | None = None,
     ) -> LaunchSpec:
+        settings = (settings or RuntimeSettings()).check_for(cls.name)
         python = os.environ.get("BEACON_VLLM_PYTHON") or sys.executable
         argv = [
             python, "-m", "vllm.entrypoints.openai.api_server",
             "--model", model,
             "--host", host,
             "--port", str(port or cls.default_port),
-            "--max-num-seqs", str(parallel),
+            "--max-num-seqs", str(settings.parallel or parallel),
         ]  # fmt: skip
-        return LaunchSpec(argv=argv)
+        if settings.quantization is not None:
+            argv += ["--quantization", settings.quantization]
+        if settings.gpu_memory_utilization is not None:
+            argv += ["--gpu-memory-utilization", f"{settings.gpu_memory_utilization:g}"]
+        if settings.ctx_size is not None:
+            argv += ["--max-model-len", str(settings.ctx_size)]
+        return LaunchSpec(argv=[*argv, *settings.extra_args], env=dict(settings.env))
 
     def max_num_seqs(self) -> int | None:
+        if isinstance(self.launched("parallel"), int):
+            return int(self.launched("parallel"))
         for key in ("max_num_seqs", "parallel"):
             value = self.launch_settings.get(key)
             if value not in (None, ""):
@@ -87,6 +106,9 @@ class VLLMAdapter(OpenAIChatAdapter):
             settings["max_model_len"] = entries[0]["max_model_len"]
         if (seqs := self.max_num_seqs()) is not None:
             settings["max_num_seqs"] = seqs
+        for key in ("quantization", "gpu_memory_utilization"):
+            if self.launched(key) is not None:
+                settings[key] = self.launched(key)
         return RuntimeStatus(
             reachable=True,
             ready=bool(models),
@@ -94,6 +116,33 @@ class VLLMAdapter(OpenAIChatAdapter):
             version=version,
             settings=settings,
             reason=None if models else "vLLM serves no model",
+            weights=self.weights(entries[0]) if entries else None,
+        )
+
+    def weights(self, entry: dict[str, Any]) -> WeightsInfo:
+        """safetensors weights: --quantization when given, else the checkpoint's own (config.json)."""
+        model = str(entry.get("root") or entry.get("id"))
+        quant = self.launched("quantization")
+        source = "vLLM /v1/models" + (" + --quantization" if quant else "")
+        config = Path(model) / "config.json"
+        if quant is None and config.is_file():
+            try:
+                data = json.loads(config.read_text())
+            except (OSError, ValueError):
+                data = {}
+            method = (data.get("quantization_config") or {}).get("quant_method") if isinstance(data, dict) else None
+            quant = method or (data.get("torch_dtype") or data.get("dtype") if isinstance(data, dict) else None)
+            source += " + config.json"
+        size = sum(p.stat().st_size for p in Path(model).glob("*.safetensors")) if Path(model).is_dir() else None
+        max_len = entry.get("max_model_len")
+        return WeightsInfo(
+            model=str(entry.get("id")),
+            format="safetensors",
+            quantization=str(quant) if quant else None,
+            context_length=max_len if isinstance(max_len, int) else None,
+            size_bytes=size or None,
+            path=model if Path(model).is_dir() else None,
+            source=source,
         )
 
     def finish_result(
