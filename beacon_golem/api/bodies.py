@@ -7,8 +7,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, model_validator
 
+from beacon_golem.core.beacon import BeaconFailure, split_role_prompt
 from beacon_golem.core.bench import BenchResult, PerfPlan
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.runtime_settings import RuntimeSettings
 
 
 class ErrorBody(BaseModel):
@@ -107,3 +109,91 @@ class JobView(BaseModel):
     @field_serializer("bench_result")
     def _vllm_keys(self, bench: BenchResult | None) -> dict[str, Any] | None:
         return bench.to_json_dict() if bench is not None else None
+
+
+class RuntimeSwitch(BaseModel):
+    """POST /runtime: stop the node's runtime (freeing its memory), start this one, answer once it serves.
+
+    Only a node that launched its runtime can switch (not one fronting a runtime at a given URL).
+    The answer is the node's new `/info`, whose `startup` holds the new runtime's start times.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Literal["llamacpp", "ollama", "dmr", "vllm"]
+    #: The model this runtime loads; default: the node's own (llama.cpp: its model file or the tiny model).
+    model: str | None = Field(default=None, min_length=1, max_length=500)
+    settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    #: Drop the machine's page cache before the start (root only; best effort), so that every
+    #: runtime of a comparison reads its weights from disk, not from what the one before read.
+    drop_page_cache: bool = False
+    #: Seconds the new runtime may take to load its model; default: the node's own limit.
+    ready_timeout_s: float | None = Field(default=None, gt=0, le=7200)
+
+
+# ---- POST /inference: the normalized request, and Beacon's hybrid-router body -------------------
+
+#: `error_code` of a failed POST /inference (Beacon's router passes it on), by HTTP status.
+INFERENCE_ERROR_CODES: dict[int, str] = {
+    400: "INVALID_REQUEST",
+    401: "AUTH_REQUIRED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "INVALID_REQUEST",
+    409: "PROVIDER_BUSY",
+    413: "REQUEST_TOO_LARGE",
+    415: "INVALID_REQUEST",
+    422: "INVALID_REQUEST",
+    429: "PROVIDER_BUSY",
+    500: "PROVIDER_INTERNAL_ERROR",
+    502: "PROVIDER_ERROR",
+    503: "PROVIDER_UNAVAILABLE",
+    504: "PROVIDER_TIMEOUT",
+}
+
+
+def inference_error_code(status: int) -> str:
+    return INFERENCE_ERROR_CODES.get(status, f"PROVIDER_HTTP_{status}")
+
+
+class InferenceBody(GenerationRequest):
+    """POST /inference: a `GenerationRequest`, or what Beacon's hybrid router posts to a Golem
+    provider (`{model, prompt, temperature, max_tokens}`; the runner's `region_preference`,
+    `cost_priority` and `trace_id` are accepted and not used by a node)."""
+
+    region_preference: str | None = None
+    cost_priority: bool | None = None
+    trace_id: str | None = Field(default=None, max_length=200)
+
+    def generation(self) -> GenerationRequest:
+        """The normalized request; Beacon's flattened "system\\n...\\nuser\\n...\\nassistant\\n" prompt
+        becomes a system and a user message."""
+        data = self.model_dump(exclude={"region_preference", "cost_priority", "trace_id"})
+        if self.prompt is not None and self.messages is None:
+            system, user = split_role_prompt(self.prompt)
+            if system is not None:
+                data["prompt"] = None
+                data["messages"] = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        return GenerationRequest.model_validate(data)
+
+
+class InferenceAnswer(GenerationResult):
+    """POST /inference's 200 answer: the normalized result, and beside it the fields Beacon's router
+    reads (`success`, `response`, `error`, `error_code`, `receipt`: the node's signed Receipt v0.1.0)."""
+
+    success: bool = True
+    response: str
+    error: str | None = None
+    error_code: str | None = None
+    receipt: dict[str, Any] | None = None
+
+
+class InferenceError(ErrorBody):
+    """POST /inference's error answer, with the status it has: `{error, status}` as every route, and
+    Beacon's fields (`success: false`, `error_code`, `failure`) so its router can tell what failed."""
+
+    success: bool = False
+    response: str | None = None
+    error_code: str
+    failure: BeaconFailure
+    receipt: dict[str, Any] | None = None

@@ -29,7 +29,7 @@ def _root(
 
 def _register() -> None:
     """Import every command module: each registers its commands on `app`."""
-    from beacon_golem.cli import bench, golem, images, node, pilot, probe, report, router, run, runs  # noqa: F401
+    from beacon_golem.cli import bench, compare, golem, images, jobspec, node, pilot, probe, report, router, run, runs  # noqa: F401
 
 
 def fail(message: str, code: int = 1) -> None:

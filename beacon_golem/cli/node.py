@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 
 import typer
-from aiohttp import web
+from pydantic import ValidationError
 from rich.console import Console
 
 from beacon_golem.api.client import ShimClient
 from beacon_golem.cli import app
 from beacon_golem.core.config import install_event_loop, load_settings
+from beacon_golem.core.errors import UsageError, one_line
 from beacon_golem.core.inference import GenerationRequest
 from beacon_golem.core.net import free_port
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.launcher import LocalNode, NodeConfig, serve_node
 from beacon_golem.node.runtimes import RUNTIME_NAMES, adapter_class
 from beacon_golem.node.shim.app import ShimConfig, create_app
@@ -40,10 +42,18 @@ def node_up(
     upstream: str = typer.Option(None, help="Use an already running runtime at this URL instead of starting one"),
     region: str = typer.Option(None, help="Region label reported in /info"),
     ready_timeout: float = typer.Option(300.0, help="Seconds to wait for the runtime to load its model"),
+    runtime_settings: str = typer.Option(
+        None, "--settings", envvar="BEACON_RUNTIME_SETTINGS",
+        help='The runtime\'s own settings as JSON, e.g. \'{"parallel": 8, "ctx_size": 8192}\' (docs/benchmarks.md)',
+    ),  # fmt: skip
 ) -> None:
     """Start the runtime and the shim, wait for /health, print the URL; Ctrl-C or SIGTERM stops both."""
     settings = load_settings()
     adapter_class(runtime)
+    try:
+        launch = RuntimeSettings.model_validate_json(runtime_settings).check_for(runtime) if runtime_settings else RuntimeSettings()
+    except ValidationError as exc:
+        raise UsageError(f"--settings: {one_line(exc)}") from None
     config = NodeConfig(
         runtime=runtime,
         model=model,
@@ -56,6 +66,7 @@ def node_up(
         region=region,
         ready_timeout_s=ready_timeout,
         limits=settings.shim_limits(),
+        settings=launch,
     )
 
     def ready(node: LocalNode) -> None:
@@ -87,7 +98,24 @@ def shim(
     )
     out.print(f"shim for {runtime} at {config.upstream} listening on http://{host}:{port}")
     install_event_loop(settings.event_loop)
-    web.run_app(create_app(config), host=host, port=port, print=None, access_log=None)
+
+    async def serve_until_stopped() -> None:
+        import signal
+
+        from beacon_golem.api.server import serve
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        # Header read timeout, and a client that disconnects cancels its generation (api/server.py).
+        runner, _ = await serve(create_app(config), host, port)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(serve_until_stopped())
 
 
 @models_app.command("tiny")

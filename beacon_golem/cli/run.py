@@ -22,7 +22,9 @@ from beacon_golem.cli.golem_options import (
     RegionMap,
     Subnet,
 )
+from beacon_golem.cli.jobspec_options import ModelMap, Questions, RequireSignature, Trust, jobspec_options
 from beacon_golem.core.config import load_settings
+from beacon_golem.core.errors import UsageError
 from beacon_golem.reports.differences import write_difference_report
 from beacon_golem.requestor.work.dispatcher import RunProgress
 from beacon_golem.requestor.work.driver import (
@@ -57,7 +59,8 @@ def progress_view(progress: RunProgress) -> Group:
 @app.command("run")
 def run(
     suite_path: Path = typer.Argument(None, help="Suite YAML or Project Beacon JobSpec JSON", show_default=False),
-    resume: str = typer.Option(None, "--resume", help="Finish the unfinished jobs of this run id"),
+    resume: str = typer.Option(None, "--resume", help="Finish the unfinished jobs of this run id (failed ones included)"),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="With --resume: leave failed jobs failed (default: retry them)"),
     fleet: str = typer.Option(None, help="Where nodes come from: local, static or golem [default: local]"),
     nodes: int = typer.Option(None, help="How many nodes (local, golem) [default: 2]"),
     node: list[str] = typer.Option(None, "--node", help="Static node URL, optionally with @REGION (repeat)"),
@@ -74,9 +77,14 @@ def run(
     min_vram_gib: MinVram = None,
     region_map: RegionMap = None,
     label_regions: LabelRegions = False,
+    questions: Questions = None,
+    model_map: ModelMap = None,
+    trust: Trust = None,
+    require_signature: RequireSignature = False,
 ) -> None:
     """Dispatch a suite over a fleet; every answer is stored with its provenance and a signed receipt."""
     settings = load_settings()
+    jobspec = jobspec_options(questions, model_map, trust, require_signature)
     golem = golem_options(
         region_map,
         image=image,
@@ -100,8 +108,13 @@ def run(
     given = {k: v for k, v in given.items() if v is not None}
     if given.get("node_urls") and "kind" not in given:
         given["kind"] = "static"
-    prepared = prepare_run(settings, given, suite_path=suite_path, resume=resume, db=db)
+    if keep_failed and resume is None:
+        raise UsageError("--keep-failed goes with --resume")
+    prepared = prepare_run(settings, given, suite_path=suite_path, resume=resume, db=db, keep_failed=keep_failed,
+                           jobspec=jobspec)  # fmt: skip
     store, record = prepared.store, prepared.run
+    for note in prepared.notes:
+        typer.echo(note, err=True)  # one line each, never wrapped
     out.print(f"run {record.run_id}  ({record.total_jobs} jobs, store {store.path})")
     live = Live(progress_view(RunProgress(total=record.total_jobs)), console=console, refresh_per_second=4, transient=False)
     try:
@@ -117,6 +130,7 @@ def run(
                     on_perf=lambda kind, d: console.print(f"{d.get('node_id')}: {kind.replace('_', ' ')} ({d.get('where')})"
                                                           + (f": {d['reason']}" if d.get("reason") else "")),
                     on_fleet_note=console.print,
+                    lock=prepared.lock,
                 )
             )
     except KeyboardInterrupt:

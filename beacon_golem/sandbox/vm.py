@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
@@ -66,6 +67,25 @@ BRIDGE_TIMEOUT_S = 10.0
 
 class VmError(Exception):
     """A command, deploy or connection failed; str() is the one-line message for the result."""
+
+
+#: Longest unix socket path connect() and bind() take (sun_path is 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+
+
+@contextlib.contextmanager
+def reachable(path: Path) -> Iterator[str]:
+    """A path to connect to the unix socket at `path`, however deep the sandbox's workdir: a long
+    one goes through a descriptor of its directory (/proc/self/fd/N/NAME), which the kernel
+    resolves like the full path."""
+    if len(os.fsencode(str(path))) <= UNIX_PATH_MAX:
+        yield str(path)
+        return
+    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 @runtime_checkable
@@ -310,7 +330,8 @@ class NamespaceVm:
     async def _request(self, request: RunRequest | StopRequest) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """A control connection with `request` written to it (its answer is read by _reply)."""
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.control_socket), limit=MAX_REPLY)
+            with reachable(self.control_socket) as where:
+                reader, writer = await asyncio.open_unix_connection(where, limit=MAX_REPLY)
         except OSError as exc:
             raise self._error(f"the VM does not answer ({exc.strerror or exc})") from None
         writer.write(encode(request))
@@ -380,7 +401,8 @@ class NamespaceVm:
     async def open_tcp(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         self._require_running(f"connect to port {port}")
         try:
-            reader, writer = await asyncio.open_unix_connection(str(self.bridge_socket))
+            with reachable(self.bridge_socket) as where:
+                reader, writer = await asyncio.open_unix_connection(where)
         except OSError as exc:
             raise self._error(f"cannot reach port {port}: the VM does not answer ({exc.strerror or exc})") from None
         try:

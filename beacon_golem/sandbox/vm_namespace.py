@@ -169,11 +169,14 @@ def _reap(agent: int) -> NoReturn:
 
 
 def listen(path: str) -> socket.socket:
-    with_dir = Path(path)
-    with_dir.unlink(missing_ok=True)
+    """Bind in the socket's own directory: a relative name fits sun_path (108 bytes) however deep
+    the sandbox's workdir is. The init chroots and changes to / right after."""
+    where = Path(path)
+    os.chdir(where.parent)
+    Path(where.name).unlink(missing_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.bind(path)
-    os.chmod(path, 0o600)
+    sock.bind(where.name)
+    os.chmod(where.name, 0o600)
     sock.listen(64)
     return sock
 

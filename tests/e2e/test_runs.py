@@ -146,7 +146,7 @@ def test_export_jsonl_and_csv(recorded, tmp_path: Path, capsys) -> None:  # type
     first = records[0]
     assert (first["question_id"], first["region"], first["state"], first["text"]) == (
         "identity", "US", "done", "I am a helpful assistant.")  # fmt: skip
-    assert first["result"]["completion_tokens"] == 6 and first["receipt"]["receipt"]["job_id"] == first["job_id"]
+    assert first["result"]["completion_tokens"] == 6 and first["receipt"]["execution_details"]["task_id"] == first["job_id"]
     assert first["request"]["messages"][-1]["content"] == "Who are you?"
     failed = records[3]
     assert failed["state"] == "failed" and failed["text"] is None and failed["error"] == "HTTP 502 three times"
@@ -161,7 +161,7 @@ def test_export_jsonl_and_csv(recorded, tmp_path: Path, capsys) -> None:  # type
     assert rows[3]["state"] == "failed" and rows[3]["text"] == ""
 
     code, _, err = cli(["runs", "export", run_id, "--format", "xml", "--db", str(path)], capsys)
-    assert code == 2 and one_error_line(err) == "--format: 'xml' is not one of jsonl, csv"
+    assert code == 2 and one_error_line(err) == "--format: 'xml' is not one of jsonl, csv, beacon"
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ def test_verify_names_tampered_text_and_number(recorded, capsys) -> None:  # typ
         f"{jobs[0].job_id} (identity/beacon-tiny/US): outputs_hash mismatch: the answer text differs from the one signed",
         f"{jobs[0].job_id} (identity/beacon-tiny/US): result.text differs from the stored answer text",
         f"{jobs[2].job_id} (taiwan/beacon-tiny/US): result_hash mismatch: the stored GenerationResult differs from the one signed",
-        f"{jobs[2].job_id} (taiwan/beacon-tiny/US): run.tok_per_s mismatch: receipt says 100.0, the stored result gives 1000.0",
+        f"{jobs[2].job_id} (taiwan/beacon-tiny/US): output.metadata.tok_per_s mismatch: receipt says 100.0, the stored result gives 1000.0",
     ]
 
 

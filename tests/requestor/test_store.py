@@ -375,8 +375,35 @@ def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # ---- schema 2: bench results, and the migration from schema 1 ---------------------------------------
+def as_schema_5(path: Path) -> None:
+    """Turn a fresh file into what schema 5 wrote: schema 6 only added the comparison tables."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TRIGGER runtime_trials_never_deleted; DROP TABLE runtime_trials; DROP TABLE comparisons;"
+        " UPDATE schema_version SET version = 5;"
+    )
+    conn.close()
+
+
+def as_schema_4(path: Path) -> None:
+    """Turn a fresh file into what schema 4 wrote: schema 5 only added runs.jobspec_json."""
+    as_schema_5(path)
+    conn = sqlite3.connect(path)
+    conn.executescript("ALTER TABLE runs DROP COLUMN jobspec_json; UPDATE schema_version SET version = 4;")
+    conn.close()
+
+
+def as_schema_3(path: Path) -> None:
+    """Turn a fresh file into what schema 3 wrote: schema 4 only added the run_locks table."""
+    as_schema_4(path)
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE run_locks; UPDATE schema_version SET version = 3;")
+    conn.close()
+
+
 def as_schema_2(path: Path) -> None:
     """Turn a fresh file into what schema 2 wrote: schema 3 only added columns (runs.kind, nodes.probe_*)."""
+    as_schema_3(path)
     conn = sqlite3.connect(path)
     conn.executescript(
         "ALTER TABLE runs DROP COLUMN kind; ALTER TABLE nodes DROP COLUMN probe_json;"
@@ -433,17 +460,17 @@ def test_a_schema_1_file_migrates_in_place_and_keeps_every_row(tmp_path: Path, s
         assert ro.results(run.run_id)[0].text == "I am a small model."
     assert digest(path) == digest_before
 
-    # Opened for writing: migrated to schema 2 then 3, no old row changed, bench results work.
+    # Opened for writing: migrated to schema 2, 3, 4, 5 then 6, no old row changed, bench results work.
     with Store(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 3
+        assert s.schema_version() == SCHEMA_VERSION == 6
         assert s.get_run(run.run_id).status == "done" and s.nodes(run.run_id)[0].extra == {"glm_spent": 0.25}
         row = s.add_bench_result(run.run_id, "n1", "node", "n1 US node", {"kind": "sweep"}, BENCH)
         assert s.bench_results(run.run_id) == [row]
     assert kept(_dump(path), before) == before
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,)]
     with Store(path) as s:  # opening again migrates nothing more
-        assert s.schema_version() == 3 and len(s.bench_results(run.run_id)) == 1
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,)]
+        assert s.schema_version() == 6 and len(s.bench_results(run.run_id)) == 1
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,)]
 
 
 def test_bench_results_round_trip_and_are_never_deleted(store: Store, suite) -> None:  # type: ignore[no-untyped-def]

@@ -215,6 +215,16 @@ async def test_two_vms_both_listen_on_8080_and_open_tcp_reaches_the_right_one(ma
     assert clash.rc != 0 and "Address already in use" in clash.stderr
 
 
+async def test_a_vm_under_a_deep_workdir_still_boots_and_answers(make_vm: MakeVm) -> None:
+    """Its sockets' full paths are longer than sun_path's 108 bytes (found by the e2e tests, whose
+    pytest directories are deep): bound and reached relative to their directory."""
+    vm = await make_vm("deep-" + "d" * 58)
+    assert len(str(vm.control_socket)) > 108
+    await start_id_server(vm)
+    assert await http_get(vm, "/") == (200, vm.vm_id.encode())
+    assert (await vm.run(*sh("echo ok"), 10)).stdout == "ok\n"
+
+
 async def test_open_tcp_fails_where_nothing_listens(make_vm: MakeVm) -> None:
     vm = await make_vm("quiet")
     with pytest.raises(VmError, match="nothing listens on port 8080"):

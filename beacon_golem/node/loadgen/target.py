@@ -35,10 +35,16 @@ class Target(BaseModel):
     runtime: str | None = None
     model: str | None = None
     token: SecretStr | None = None
+    #: The key of the runtime behind a shim, for its own /tokenize, /metrics (a node launches its
+    #: runtime with one: docs/shim.md); without it those are not used from here.
+    runtime_token: SecretStr | None = None
     #: The runtime's Prometheus endpoint; default: found from the target.
     metrics_url: str | None = None
     #: Base URL of a runtime whose /tokenize counts prompt tokens; default: found from the target.
     tokenizer_url: str | None = None
+    #: How the runtime was launched, when the caller knows (a node's perf job: its own launch settings,
+    #: so that e.g. OLLAMA_NUM_PARALLEL is reported as set rather than assumed at Ollama's default).
+    launch_settings: dict[str, Any] = {}
 
 
 class ShimPassThroughAdapter(OpenAIChatAdapter):
@@ -53,7 +59,7 @@ class ShimPassThroughAdapter(OpenAIChatAdapter):
 
     @classmethod
     def launch(
-        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4
+        cls, model: str, *, host: str = "127.0.0.1", port: int | None = None, parallel: int = 4, settings: Any = None
     ) -> LaunchSpec:
         raise BeaconError("a shim pass-through is not launched: start a node instead")
 
@@ -152,7 +158,7 @@ async def resolve_target(session: aiohttp.ClientSession, target: Target) -> Reso
     runtime = target.runtime or await detect_runtime(session, url)
     if runtime is None:
         raise BeaconError(f"nothing at {url} looks like a shim or a known runtime: give --runtime")
-    adapter = adapter_class(runtime)(url, session)
+    adapter = adapter_class(runtime)(url, session, settings=target.launch_settings)
     status = await adapter.status()
     if not status.reachable:
         raise BeaconError(f"{runtime} at {url} is not reachable: {status.reason}")

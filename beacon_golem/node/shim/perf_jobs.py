@@ -14,6 +14,8 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from pydantic import SecretStr
+
 from beacon_golem.api.bodies import PerfJob
 from beacon_golem.core.bench import BenchResult, StepResult
 from beacon_golem.core.node import NodeInfo
@@ -80,6 +82,9 @@ class PerfHost(Protocol):
 
     runtime: RuntimeAdapter
 
+    @property
+    def runtime_key(self) -> SecretStr | None: ...
+
     async def default_model(self) -> str: ...
 
     async def info(self) -> NodeInfo: ...
@@ -91,7 +96,9 @@ def node_perf_runner(shim: PerfHost) -> PerfRunner:
     async def run(plan: PerfJob, on_step: Callable[[StepResult], None]) -> BenchResult:
         model = plan.model or await shim.default_model()
         info = await shim.info()
-        target = Target(url=shim.runtime.base_url, runtime=shim.runtime.name, model=model)
+        # Straight at the runtime, with the key the node launched it with (none: a runtime it fronts).
+        target = Target(url=shim.runtime.base_url, runtime=shim.runtime.name, model=model, token=shim.runtime_key,
+                        launch_settings=dict(shim.runtime.launch_settings))  # fmt: skip
 
         result = await run_in_own_loop(
             lambda: run_bench(

@@ -81,6 +81,16 @@ class Fleet(StartStop, ABC):
         """The dispatcher found this node broken; a fleet may replace it."""
         self.lose_node(node_id, reason)
 
+    def expecting_nodes(self) -> bool:
+        """Whether a node may still join (one is being rented or started): the dispatcher waits for
+        it before failing jobs no live node serves. A fleet that never adds nodes may say True:
+        the dispatcher's own wait (none outside Golem) decides."""
+        return True
+
+    def why_no_more_nodes(self) -> str:
+        """Why no node will join any more (when `expecting_nodes` is False), for the jobs it fails."""
+        return ""
+
     def accounting(self) -> list[BaseModel]:
         """What the nodes cost (agreements, debit notes, invoices, per-node totals): none by default."""
         return []

@@ -6,11 +6,12 @@ import asyncio
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from beacon_golem.api.client import ShimClient
 from beacon_golem.core.log import get_logger
 from beacon_golem.core.node import Node
+from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.launcher import LocalNode, NodeConfig
 from beacon_golem.requestor.fleets.base import Fleet
 
@@ -25,6 +26,10 @@ class LocalFleetConfig(BaseModel):
     parallel: int = Field(default=4, ge=1)
     data_dir: Path
     ready_timeout_s: float = 120.0
+    #: The shim token every node requires (BEACON_SHIM_TOKEN); None: tokenless nodes on loopback.
+    token: SecretStr | None = None
+    #: The runtime's own settings (docs/benchmarks.md, runtime settings); `parallel` stays the default.
+    settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
 
 
 class LocalFleet(Fleet):
@@ -38,7 +43,7 @@ class LocalFleet(Fleet):
         self.local: dict[str, LocalNode] = {}
 
     def describe(self) -> dict[str, object]:
-        return {"fleet": self.name, **self.config.model_dump(mode="json", exclude={"data_dir"})}
+        return {"fleet": self.name, **self.config.model_dump(mode="json", exclude={"data_dir", "token"})}
 
     async def start(self) -> None:
         cfg = self.config
@@ -58,14 +63,25 @@ class LocalFleet(Fleet):
                 region=region,
                 ready_timeout_s=cfg.ready_timeout_s,
                 runtime_args=self.runtime_args(),
+                settings=cfg.settings,
+                token=cfg.token,
             )
         )
         self.local[node_id] = local
         await local.start()
-        async with ShimClient(local.url) as client:
+        async with ShimClient(local.url, cfg.token) as client:
             info = await client.info()
         self.add_node(
-            Node(node_id=node_id, url=local.url, region=region, info=info, concurrency=cfg.parallel, fleet=self.name)
+            Node(
+                node_id=node_id,
+                url=local.url,
+                region=region,
+                token=cfg.token,
+                runtime_token=local.runtime_api_key,
+                info=info,
+                concurrency=cfg.parallel,
+                fleet=self.name,
+            )
         )
 
     def runtime_args(self) -> list[str]:

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from beacon_golem.core.beacon import JobSpecProvenance
 from beacon_golem.core.bench import BenchResult
 from beacon_golem.core.clock import utcnow
+from beacon_golem.core.compare import RuntimeTrial
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
 from beacon_golem.core.node import NodeInfo
@@ -50,9 +52,13 @@ class RunRow(BaseModel):
     kind: RunKind = "suite"
     suite_name: str
     suite_hash: str
-    #: None for a pilot run (`kind == "pilot"`): it has no suite and no jobs.
+    #: None for a pilot run (`kind == "pilot"`): it has no suite and no jobs; None too when the
+    #: stored suite no longer reads (`suite_error` says why): the run is still listed and shown.
     suite: Suite | None = None
+    suite_error: str | None = None
     suite_source: str | None = None
+    #: For a run imported from a Project Beacon JobSpec: which job, read how, its signature verdict.
+    jobspec: JobSpecProvenance | None = None
     fleet_desc: Any = None
     status: RunStatus
     created_at: datetime
@@ -183,6 +189,23 @@ class BenchResultRow(BaseModel):
             raise BeaconError(f"stored bench result {self.bench_id} is not readable: {first}") from None
 
 
+class RunLockRow(BaseModel):
+    """The process driving a run right now (schema 4): one row while a run is driven."""
+
+    run_id: str
+    token: str
+    pid: int
+    host: str
+    #: When the process started (seconds since the epoch): a pid reused by another process is not the holder.
+    proc_started: float | None = None
+    command: str | None = None
+    acquired_at: datetime
+    heartbeat_at: datetime
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host} (since {self.acquired_at:%Y-%m-%d %H:%M:%S} UTC)"
+
+
 class EventRow(BaseModel):
     event_id: int
     run_id: str
@@ -195,3 +218,12 @@ class EventRow(BaseModel):
 
 def job_id_for(run_id: str, seq: int) -> str:
     return f"{run_id}-{seq:05d}"
+
+
+class TrialRow(BaseModel):
+    """One runtime on one machine of a comparison run (`beacon compare`), as stored."""
+
+    trial_id: int
+    run_id: str
+    created_at: datetime
+    trial: RuntimeTrial

@@ -4,6 +4,14 @@ Schema 2 adds `bench_results`: one performance benchmark (a `BenchResult`, vLLM-
 node and place it ran from. Schema 3 adds the compatibility pilot: `runs.kind` ('suite', or
 'pilot' for a run without jobs or suite) and, on `nodes`, the node's probe report
 (`probe_json`), or why there is none (`probe_error`), and when it was asked for (`probed_at`).
+Schema 4 adds `run_locks`: which process drives a run right now (one run, one process), so a
+second `beacon run --resume` of the same run is refused and a crashed holder is recognised.
+Schema 5 adds `runs.jobspec_json`: for a run imported from a Project Beacon JobSpec, which job it
+was, its layout, file hash and signature verdict (`core.beacon.JobSpecProvenance`).
+Schema 6 adds runtime comparisons (`beacon compare`): `comparisons` (the plan of a comparison
+run: its runtimes, settings, idle time, price) and `runtime_trials` (one row per machine and
+runtime: whether it started, its start times, the timed requests, weights, price, and the
+`bench_results` row of its sweep), indexed by provider, host and GPU model for `--runtime auto`.
 Migrations only add tables and columns; no stored row is touched.
 """
 
@@ -13,7 +21,7 @@ import sqlite3
 
 from beacon_golem.core.clock import to_ts, utcnow
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 6
 
 
 #: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
@@ -45,8 +53,67 @@ ALTER TABLE nodes ADD COLUMN probed_at TEXT;
 """
 
 
+#: Schema 4: the process driving each run (one row while a run is driven; released at its end).
+#: `pid`, `host` and `proc_started` (the process's start time, so a reused pid is not taken for
+#: the holder) tell a live holder from a crashed one; `heartbeat_at` does across machines.
+_LOCK_SCHEMA = """
+CREATE TABLE run_locks (
+    run_id       TEXT PRIMARY KEY REFERENCES runs(run_id),
+    token        TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    host         TEXT NOT NULL,
+    proc_started REAL,
+    command      TEXT,
+    acquired_at  TEXT NOT NULL,
+    heartbeat_at TEXT NOT NULL
+);
+"""
+
+
+#: Schema 5: where a run imported from a Beacon JobSpec came from, its signature verdict included.
+_JOBSPEC_SCHEMA = """
+ALTER TABLE runs ADD COLUMN jobspec_json TEXT;
+"""
+
+
+#: Schema 6: runtime comparisons (`beacon compare`). Shared by new databases and the migration from 5.
+_COMPARE_SCHEMA = """
+CREATE TABLE comparisons (
+    run_id      TEXT PRIMARY KEY REFERENCES runs(run_id),
+    plan_json   TEXT NOT NULL,
+    created_at  TEXT NOT NULL
+);
+CREATE TABLE runtime_trials (
+    trial_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL REFERENCES runs(run_id),
+    machine      TEXT NOT NULL,
+    variant      TEXT NOT NULL,
+    runtime      TEXT NOT NULL,
+    node_id      TEXT,
+    status       TEXT NOT NULL CHECK (status IN ('done','failed','lost')),
+    provider_id  TEXT,
+    hostname     TEXT,
+    gpu_model    TEXT,
+    bench_id     INTEGER REFERENCES bench_results(bench_id),
+    trial_json   TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    UNIQUE (run_id, machine, variant)
+);
+CREATE INDEX runtime_trials_run ON runtime_trials(run_id, trial_id);
+CREATE INDEX runtime_trials_provider ON runtime_trials(provider_id);
+CREATE INDEX runtime_trials_host ON runtime_trials(hostname);
+CREATE INDEX runtime_trials_gpu ON runtime_trials(gpu_model);
+CREATE TRIGGER runtime_trials_never_deleted BEFORE DELETE ON runtime_trials
+BEGIN
+    SELECT RAISE(ABORT, 'stored runtime trials are never deleted');
+END;
+"""
+
+
 #: version -> the script that brings the version before it up to it.
-_MIGRATIONS: dict[int, str] = {2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA}
+_MIGRATIONS: dict[int, str] = {
+    2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA, 4: _LOCK_SCHEMA, 5: _JOBSPEC_SCHEMA, 6: _COMPARE_SCHEMA,
+}  # fmt: skip
 
 
 _SCHEMA = f"""
@@ -139,6 +206,9 @@ CREATE TABLE events (
 CREATE INDEX events_run ON events(run_id, event_id);
 {_BENCH_SCHEMA}
 {_PILOT_SCHEMA}
+{_LOCK_SCHEMA}
+{_JOBSPEC_SCHEMA}
+{_COMPARE_SCHEMA}
 INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
 """
 

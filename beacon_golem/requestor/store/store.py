@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,13 +34,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import psutil
 from pydantic import BaseModel, ValidationError
 
+from beacon_golem.core.beacon import JobSpecProvenance
 from beacon_golem.core.bench import BenchResult
 from beacon_golem.core.canonical import canonical_json
 from beacon_golem.core.clock import to_ts, utcnow
+from beacon_golem.core.compare import ComparisonPlan, RuntimeTrial
 from beacon_golem.core.config import load_settings
-from beacon_golem.core.errors import BeaconError, UsageError
+from beacon_golem.core.errors import BeaconError, UsageError, one_line
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import Node
 from beacon_golem.core.profiles import Profile
@@ -52,8 +58,10 @@ from beacon_golem.requestor.store.rows import (
     RawResultRow,
     ResultRow,
     RunJobState,
+    RunLockRow,
     RunRow,
     RunStatus,
+    TrialRow,
     job_id_for,
     new_run_id,
     to_json_text,
@@ -61,6 +69,38 @@ from beacon_golem.requestor.store.rows import (
 from beacon_golem.requestor.store.schema import SCHEMA_VERSION, create_schema, migrate
 
 DB_FILENAME = "beacon.db"
+
+#: A run lock held from another machine counts as abandoned when its heartbeat is this old
+#: (on this machine the holder's process is looked at instead).
+LOCK_STALE_S = 120.0
+
+
+class RunLocked(UsageError):
+    """Another live process drives this run (`beacon run --resume` twice at once)."""
+
+
+def _process_started(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _holder_alive(lock: RunLockRow, stale_after_s: float) -> bool:
+    """Whether the process holding a run lock still runs: looked up on this machine, judged by
+    its heartbeat from another one."""
+    if lock.host != socket.gethostname():
+        return (utcnow() - lock.heartbeat_at).total_seconds() < stale_after_s
+    try:
+        proc = psutil.Process(lock.pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = proc.create_time()
+    except (psutil.NoSuchProcess, ProcessLookupError):
+        return False
+    except (psutil.Error, OSError):
+        return True  # it exists but cannot be looked at (another user's): held
+    return lock.proc_started is None or abs(started - lock.proc_started) < 1.0
 
 
 
@@ -251,20 +291,32 @@ class Store:
         fleet_desc: Any = None,
         *,
         run_id: str | None = None,
+        jobspec: JobSpecProvenance | None = None,
     ) -> RunRow:
-        """Record a run and all its jobs (pending) in one transaction."""
+        """Record a run and all its jobs (pending) in one transaction.
+
+        `jobspec`: where a run imported from a Beacon JobSpec came from (its signature verdict
+        included), stored with the run (schema 5).
+        """
         if not planned_jobs and suite.perf is None:
             raise UsageError("the suite plans no jobs")
         run_id = run_id or new_run_id()
         now = to_ts(utcnow())
         suite_hash = suite.suite_hash()
+        suite_json = canonical_json(suite.canonical())
+        try:  # never store a suite that would not read back as itself
+            if Suite.model_validate_json(suite_json).suite_hash() != suite_hash:
+                raise ValueError("it reads back as another suite")
+        except ValueError as exc:
+            first = one_line(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise UsageError(f"the suite cannot be stored: {first}") from None
         with self._tx() as conn:
             try:
                 conn.execute(
                     "INSERT INTO runs (run_id, suite_name, suite_hash, suite_json, suite_source, fleet_json,"
-                    " status, created_at) VALUES (?, ?, ?, ?, ?, ?, 'running', ?)",
-                    (run_id, suite.name, suite_hash, canonical_json(suite.canonical()), suite_source,
-                     to_json_text(fleet_desc), now),
+                    " status, created_at, jobspec_json) VALUES (?, ?, ?, ?, ?, ?, 'running', ?, ?)",
+                    (run_id, suite.name, suite_hash, suite_json, suite_source, to_json_text(fleet_desc), now,
+                     jobspec.model_dump_json() if jobspec is not None else None),
                 )  # fmt: skip
                 conn.executemany(
                     "INSERT INTO jobs (job_id, run_id, seq, job_key, question_id, category, model, runtime,"
@@ -303,7 +355,22 @@ class Store:
             fleet = json.loads(row["fleet_json"])
         except ValueError as exc:
             raise self._fail(f"stored run {row['run_id']} is not readable: {exc}") from None
-        data = dict(row) | {"suite": suite, "fleet_desc": fleet, "job_counts": counts}
+        # A suite that no longer reads (stored by an older version that let `.inf` through, or
+        # edited by hand) must not take every other run down with it: the run reads without it.
+        suite_error = None
+        if suite is not None:
+            try:
+                suite = Suite.model_validate(suite)
+            except ValueError as exc:  # a ValidationError too
+                suite = None
+                suite_error = one_line(exc) if isinstance(exc, ValidationError) else str(exc).splitlines()[0]
+        data = dict(row) | {"suite": suite, "suite_error": suite_error, "fleet_desc": fleet, "job_counts": counts}
+        data.pop("jobspec_json", None)
+        if "jobspec_json" in row.keys() and row["jobspec_json"]:  # no such column in an older file opened read-only
+            try:
+                data["jobspec"] = JobSpecProvenance.model_validate_json(row["jobspec_json"])
+            except ValueError as exc:
+                raise self._fail(f"stored JobSpec of run {row['run_id']} is not readable: {str(exc).splitlines()[0]}") from None
         return self._parse(RunRow, data, f"run {row['run_id']}")
 
     def get_run(self, run_id: str) -> RunRow:
@@ -353,6 +420,66 @@ class Store:
             if cur.rowcount == 0:
                 raise UsageError(f"no run '{run_id}' in {self.path}")
         return self.get_run(run_id)
+
+    # -- run locks (schema 4) -----------------------------------------------------------
+
+    def _lock_row(self, conn: sqlite3.Connection, run_id: str) -> RunLockRow | None:
+        row = conn.execute("SELECT * FROM run_locks WHERE run_id = ?", (run_id,)).fetchone()
+        return self._parse(RunLockRow, dict(row), f"lock of run {run_id}") if row else None
+
+    def lock_run(self, run_id: str, *, stale_after_s: float = LOCK_STALE_S) -> str:
+        """Take the run for this process: one run, one process. Returns the lock's token (for
+        `heartbeat_run_lock` and `unlock_run`). A lock whose holder died (its process is gone, or
+        its heartbeat from another machine is older than `stale_after_s`) is taken over, with a
+        `lock_taken_over` event; a live holder raises `RunLocked` naming it."""
+        token = secrets.token_hex(8)
+        now = to_ts(utcnow())
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise UsageError(f"no run '{run_id}' in {self.path}")
+            held = self._lock_row(conn, run_id)
+            if held is not None:
+                if _holder_alive(held, stale_after_s):
+                    raise RunLocked(
+                        f"run {run_id} is being driven by {held.describe()}"
+                        f"{': ' + held.command if held.command else ''}; one process drives a run at a time "
+                        "(wait for it to end, or stop it, then resume)"
+                    )
+                conn.execute("DELETE FROM run_locks WHERE run_id = ?", (run_id,))
+                conn.execute(
+                    "INSERT INTO events (run_id, ts, kind, node_id, job_id, detail_json) VALUES (?, ?, ?, NULL, NULL, ?)",
+                    (run_id, now, "lock_taken_over", to_json_text({"previous": held.describe(), "pid": held.pid,
+                                                                    "host": held.host})),
+                )  # fmt: skip
+            pid = os.getpid()
+            conn.execute(
+                "INSERT INTO run_locks (run_id, token, pid, host, proc_started, command, acquired_at, heartbeat_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, token, pid, socket.gethostname(), _process_started(pid),
+                 " ".join(["beacon", *sys.argv[1:]])[:300] if sys.argv else None, now, now),
+            )  # fmt: skip
+        return token
+
+    def heartbeat_run_lock(self, run_id: str, token: str) -> bool:
+        """The holder is alive: False when the lock is no longer this token's (it was taken over)."""
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE run_locks SET heartbeat_at = ? WHERE run_id = ? AND token = ?", (to_ts(utcnow()), run_id, token)
+            )
+        return cur.rowcount > 0
+
+    def unlock_run(self, run_id: str, token: str) -> bool:
+        """Release the run; False when this token did not hold it (any more)."""
+        with self._tx() as conn:
+            cur = conn.execute("DELETE FROM run_locks WHERE run_id = ? AND token = ?", (run_id, token))
+        return cur.rowcount > 0
+
+    def run_lock(self, run_id: str) -> RunLockRow | None:
+        """Who drives the run now (None: nobody, or a file of schema 3 or older opened read-only)."""
+        if not self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'run_locks'"):
+            return None
+        with self._lock:
+            return self._lock_row(self._conn, run_id)
 
     # -- jobs --------------------------------------------------------------------------
 
@@ -667,6 +794,88 @@ class Store:
             sql += ' AND "where" = ?'
             params.append(where)
         return [self._bench_row(r) for r in self._query(sql + " ORDER BY bench_id", params)]
+
+    # -- comparisons (schema 6) -----------------------------------------------------------
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)))
+
+    def create_comparison(self, run_id: str, plan: ComparisonPlan) -> None:
+        """Mark a run as a runtime comparison and keep its plan (once; a second call changes nothing)."""
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO comparisons (run_id, plan_json, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                    (run_id, plan.model_dump_json(), to_ts(utcnow())),
+                )
+            except sqlite3.IntegrityError:
+                raise UsageError(f"no run '{run_id}' in {self.path}") from None
+
+    def comparison_plan(self, run_id: str) -> ComparisonPlan | None:
+        """The plan of a comparison run; None for any other run (or a file older than schema 6)."""
+        if not self._has_table("comparisons"):
+            return None
+        rows = self._query("SELECT plan_json FROM comparisons WHERE run_id = ?", (run_id,))
+        if not rows:
+            return None
+        try:
+            return ComparisonPlan.model_validate_json(rows[0]["plan_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored comparison plan of run {run_id} is not readable: {str(exc).splitlines()[0]}") from None
+
+    def record_trial(self, run_id: str, trial: RuntimeTrial) -> TrialRow:
+        """Keep what one runtime gave on one machine; a trial recorded again (a resumed comparison)
+        replaces the one before for that machine and runtime."""
+        now = to_ts(utcnow())
+        with self._tx() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO runtime_trials (run_id, machine, variant, runtime, node_id, status, provider_id,"
+                    " hostname, gpu_model, bench_id, trial_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (run_id, machine, variant) DO UPDATE SET runtime = excluded.runtime,"
+                    " node_id = excluded.node_id, status = excluded.status, provider_id = excluded.provider_id,"
+                    " hostname = excluded.hostname, gpu_model = excluded.gpu_model, bench_id = excluded.bench_id,"
+                    " trial_json = excluded.trial_json, created_at = excluded.created_at",
+                    (run_id, trial.machine, trial.variant, trial.runtime, trial.node_id, trial.status,
+                     trial.provider_id, trial.hostname, trial.gpu_model, trial.bench_id, trial.model_dump_json(), now),
+                )  # fmt: skip
+            except sqlite3.IntegrityError as exc:
+                raise UsageError(f"cannot record the trial of run '{run_id}': {exc}") from None
+        rows = self._query(
+            "SELECT * FROM runtime_trials WHERE run_id = ? AND machine = ? AND variant = ?",
+            (run_id, trial.machine, trial.variant),
+        )
+        return self._trial_row(rows[0])
+
+    def _trial_row(self, row: sqlite3.Row) -> TrialRow:
+        try:
+            trial = RuntimeTrial.model_validate_json(row["trial_json"])
+        except ValueError as exc:
+            raise self._fail(f"stored runtime trial {row['trial_id']} is not readable: {str(exc).splitlines()[0]}") from None
+        return TrialRow(trial_id=row["trial_id"], run_id=row["run_id"], created_at=row["created_at"], trial=trial)
+
+    def trials(self, run_id: str) -> list[TrialRow]:
+        """A comparison's trials in the order they were recorded."""
+        if not self._has_table("runtime_trials"):
+            return []
+        rows = self._query("SELECT * FROM runtime_trials WHERE run_id = ? ORDER BY trial_id", (run_id,))
+        return [self._trial_row(r) for r in rows]
+
+    def earlier_trials(
+        self, *, provider_id: str | None = None, hostname: str | None = None, gpu_model: str | None = None
+    ) -> list[TrialRow]:
+        """Trials of every comparison on this provider, host or GPU model (the first given that matches),
+        newest first: what `--runtime auto` chooses from."""
+        if not self._has_table("runtime_trials"):
+            return []
+        for column, value in (("provider_id", provider_id), ("hostname", hostname), ("gpu_model", gpu_model)):
+            if value:
+                rows = self._query(
+                    f"SELECT * FROM runtime_trials WHERE {column} = ? ORDER BY created_at DESC, trial_id DESC", (value,)
+                )
+                if rows:
+                    return [self._trial_row(r) for r in rows]
+        return []
 
     # -- events --------------------------------------------------------------------------
 

@@ -80,6 +80,7 @@ class GolemFleetConfig(BaseModel):
     # --- timeouts and checks -------------------------------------------------------------------
     deploy_timeout_s: float = Field(default=3600, gt=0, description="Image download and VM start")
     start_timeout_s: float = Field(default=1200, gt=0, description="start-node.sh to /health OK")
+    start_poll_s: float = Field(default=5.0, gt=0, description="Between /health probes while a node starts")
     ready_timeout_s: float | None = Field(default=None, gt=0, description="start() waits this long for all nodes")
     health_interval_s: float = Field(default=30, gt=0)
     health_failures: int = Field(default=3, ge=1, description="Failed checks in a row before a node is lost")

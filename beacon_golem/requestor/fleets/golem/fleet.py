@@ -238,6 +238,7 @@ class GolemFleet(Fleet):
             await self._stack.aclose()
         except Exception as exc:
             log.warning("golem.stop_failed", error=scrub(str(exc)))
+        self._uninvoiced_notes()
         self.say(f"golem fleet stopped; spent about {self.spent_glm():.6f} GLM of {self.config.budget}")
 
     async def report_lost(self, node_id: str, reason: str) -> None:
@@ -246,6 +247,15 @@ class GolemFleet(Fleet):
             self.lose_node(node_id, reason)
             return
         await self._drop(slot, f"reported broken: {reason}")
+
+    def expecting_nodes(self) -> bool:
+        """A node may still join while an instance that is not a node yet is being rented or started."""
+        if self._stopping or self._cluster is None:
+            return False
+        return any(i.id not in self._slots or self._slots[i.id].node_id is None for i in self._live())
+
+    def why_no_more_nodes(self) -> str:
+        return self.refusals[-1] if self.refusals else "no more Golem nodes are being rented"
 
     # ---- what the run keeps ------------------------------------------------------------------------
     def _label_region(self) -> str | None:
@@ -270,6 +280,18 @@ class GolemFleet(Fleet):
         line = scrub(line, self._secrets())
         log.info("golem.progress", message=line)
         self.note(line)
+
+    def _uninvoiced_notes(self) -> None:
+        """Say which agreements ended without an invoice before yapapi stopped waiting (30 s): their
+        cost is the latest debit note or an estimate, and an invoice that comes later is not paid by
+        this run."""
+        for cost in self.ledger.uninvoiced():
+            row = self.ledger.agreements[cost.agreement_id]
+            what = "its latest debit note" if cost.source == "debit_note" else "an estimate from the offer's price"
+            self.say(
+                f"no invoice from {row.provider_name or 'provider'} [{row.provider_id[:10]}] before the engine "
+                f"stopped: its cost, {cost.amount_glm:.6f} GLM, is {what}; an invoice sent later is not accepted"
+            )
 
     # ---- the watch loop ----------------------------------------------------------------------------
     async def _monitor(self) -> None:
@@ -304,9 +326,9 @@ class GolemFleet(Fleet):
         if self.ledger.exhausted(BUDGET_MARGIN_S):
             live = [s for s in self._slots.values() if not s.done]
             if live:
-                self.say(
-                    f"budget nearly spent ({self.spent_glm():.6f} of {self.config.budget} GLM): stopping all nodes"
-                )
+                why = f"budget nearly spent ({self.spent_glm():.6f} of {self.config.budget} GLM)"
+                self.refusals.append(why)
+                self.say(f"{why}: stopping all nodes")
                 for slot in live:
                     await self._drop(slot, "budget exhausted", blacklist=False, replace=False)
         self._market_line(loop.time())

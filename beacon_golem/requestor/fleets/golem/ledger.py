@@ -21,6 +21,10 @@ from beacon_golem.requestor.fleets.golem.records import (
 )
 
 
+#: GLM has 18 decimals: an estimate is never more precise than what can be paid.
+WEI = Decimal("1e-18")
+
+
 def _hours(start: datetime, end: datetime) -> Decimal:
     return Decimal(str(max((end - start).total_seconds(), 0.0) / 3600))
 
@@ -64,7 +68,7 @@ class PaymentLedger:
     # ---- costs -----------------------------------------------------------------------------------
     def estimate(self, row: AgreementRow, at: datetime | None = None) -> Decimal:
         end = row.ended_at or at or self.now()
-        return row.start_glm + row.hourly_glm * _hours(row.created_at, end)
+        return (row.start_glm + row.hourly_glm * _hours(row.created_at, end)).quantize(WEI)
 
     def cost(self, agreement_id: str, at: datetime | None = None) -> NodeCostRow:
         row = self.agreements[agreement_id]
@@ -87,6 +91,10 @@ class PaymentLedger:
             amount_glm=amount,
             source=source,  # type: ignore[arg-type]
         )
+
+    def uninvoiced(self, at: datetime | None = None) -> list[NodeCostRow]:
+        """The cost of every agreement no invoice came for (yet): a debit note's or an estimate."""
+        return [c for a in self.agreements if (c := self.cost(a, at)).source != "invoice"]
 
     def spent(self, at: datetime | None = None) -> Decimal:
         at = at or self.now()

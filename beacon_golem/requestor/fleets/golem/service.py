@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr
-from yapapi.rest.activity import BatchError
+from yapapi.rest.activity import BatchError, BatchTimeoutError, CommandExecutionError
 from yapapi.script import Script
 from yapapi.services import Service
 
@@ -51,6 +51,8 @@ HEALTH = (
     'p=$(cat "$2/beacon/node.pid" 2>/dev/null); '
     f'if [ -n "$p" ] && ! kill -0 "$p" 2>/dev/null; then echo "node process $p exited" >&2; exit {NODE_EXITED}; fi; exit 1'
 )
+#: The first wait between /health probes while a node starts (doubling up to `health_poll_s`).
+FIRST_START_POLL_S = 1.0
 #: What HEALTH prints when the node's process is gone (never in the script's own text: `$p`).
 NODE_EXITED_LINE = re.compile(r"node process \d+ exited")
 #: The end of one log file on stdout (fetched with `run`, so no gftp is needed): $1 the file.
@@ -60,6 +62,18 @@ LOG_TAIL = 'cd "$1/logs" 2>/dev/null && tail -n 20 node.log runtime.log 2>/dev/n
 #: Logs saved at shutdown: ours (the start script's output) and the runtime's own (the images'
 #: start-node.sh writes it, see vm_images/common/start-node.sh).
 LOG_FILES = ("node.log", "runtime.log")
+
+
+def batch_problem(exc: BatchError, timeout_s: float) -> str:
+    """A failed exe-script in one line: a timeout says so (yapapi's has no text), a failed command
+    says what the provider answered, not the whole command (a deploy's carries the VPN's config)."""
+    if isinstance(exc, BatchTimeoutError):
+        return f"no result within {timeout_s:g} s"
+    if isinstance(exc, CommandExecutionError):
+        name = exc.command.split(" ", 1)[0].strip("{}'\"") or "command"
+        detail = "; ".join(p for p in (exc.message, exc.stderr) if p) or "no message"
+        return f"{name}: {' '.join(detail.split())}"
+    return str(exc) or type(exc).__name__
 
 
 class NodeStartFailed(BeaconError):
@@ -99,6 +113,7 @@ class NodeSpec(BaseModel):
             start_script=config.start_script,
             deploy_timeout_s=config.deploy_timeout_s,
             start_timeout_s=config.start_timeout_s,
+            health_poll_s=config.start_poll_s,
             health_interval_s=config.health_interval_s,
             health_failures=config.health_failures,
             log_dir=config.log_dir,
@@ -176,7 +191,7 @@ class BeaconNodeService(Service):
         try:
             yield script
         except BatchError as exc:  # includes the deploy timeout (a large image still downloading)
-            self.failure = f"deploy failed: {exc}"
+            self.failure = f"deploy failed: {batch_problem(exc, spec.deploy_timeout_s)}"
             raise NodeStartFailed(self.failure) from exc
 
         self._phase("launching", f"starting {spec.start_script}")
@@ -186,12 +201,15 @@ class BeaconNodeService(Service):
         try:
             yield script
         except BatchError as exc:
-            self.failure = f"cannot launch {spec.start_script}: {exc}"
+            self.failure = f"cannot launch {spec.start_script}: {batch_problem(exc, 120)}"
             raise NodeStartFailed(self.failure) from exc
 
         self._phase("loading", "waiting for /health")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + spec.start_timeout_s
+        # A small model answers within seconds, a large one after minutes: the first probes come
+        # soon, then they back off to `health_poll_s` (each probe is one exe-script on the provider).
+        wait = min(FIRST_START_POLL_S, spec.health_poll_s)
         last_error = "no answer"
         while True:
             script = self._ctx.new_script(timeout=timedelta(seconds=30))
@@ -202,7 +220,7 @@ class BeaconNodeService(Service):
                 await probe
                 break
             except BatchError as exc:
-                last_error = str(exc)
+                last_error = batch_problem(exc, 30)
                 exited = NODE_EXITED_LINE.search(getattr(exc, "stderr", None) or "") is not None
             if exited or loop.time() >= deadline:
                 tail = ""
@@ -228,7 +246,8 @@ class BeaconNodeService(Service):
                 if tail:
                     self.failure += f"; node log ends: {tail[-400:]}"
                 raise NodeStartFailed(self.failure)
-            await asyncio.sleep(spec.health_poll_s)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, spec.health_poll_s)
         self._phase("ready", "/health OK")
 
     async def run(self) -> AsyncGenerator[Script, Awaitable[list[Any]]]:
