@@ -210,7 +210,9 @@ def compare(
     except ValidationError as exc:
         raise UsageError(one_line(exc)) from None
     regions = [r for r in dict.fromkeys(StaticNodeSpec.parse(u).region for u in node or []) if r]
-    golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image, image_hash=image_hash)
+    # A comparison asks no region of its machines: on Golem its one label ("local") is dealt to every node.
+    golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image, image_hash=image_hash,
+                          label_regions=kind == "golem")  # fmt: skip
     choice = FleetChoice(kind=kind, nodes=nodes or 1, node_urls=node or [], parallel=parallel, regions=regions, golem=golem)
     if kind == "golem":
         err.print("[yellow]note:[/] on Golem each runtime after the first needs an image that holds it "

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from beacon_golem.core.suite import Limits, parse_suite
+from beacon_golem.requestor.fleets.base import Fleet
 from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
 from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
 from beacon_golem.requestor.store.store import open_store
@@ -116,6 +117,33 @@ async def test_jobs_no_node_can_serve_fail_with_the_reason(tmp_path: Path, tiny_
     failed = store.jobs(run.run_id, states=["failed"])
     assert {j.region for j in failed} == {"APAC"}
     assert all("no live node serves region APAC" in (j.error or "") for j in failed)
+
+
+class _SpentFleet(Fleet):
+    """A fleet that has stopped its nodes and rents no more (a Golem fleet out of budget)."""
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    def expecting_nodes(self) -> bool:
+        return False
+
+    def why_no_more_nodes(self) -> str:
+        return "budget nearly spent (1.0 of 1 GLM)"
+
+
+async def test_jobs_fail_at_once_with_the_fleets_reason_when_no_node_will_join(tmp_path: Path) -> None:
+    """The wait for a matching node (300 s for Golem) is only for a fleet that may still add one."""
+    suite = make_suite()
+    store = open_store(tmp_path / "beacon.db")
+    run = plan_run(store, suite, "test-suite.yaml", FleetChoice(kind="local", nodes=1))
+    dispatcher = Dispatcher(store, run.run_id, _SpentFleet(), config(suite, unmatched_wait_s=300))
+    progress = await asyncio.wait_for(dispatcher.run(), 30)
+    assert progress.failed == 6 and progress.done == 0
+    assert all((j.error or "").endswith(": budget nearly spent (1.0 of 1 GLM)") for j in store.jobs(run.run_id))
 
 
 async def test_a_job_that_keeps_failing_ends_failed_after_its_retries(tmp_path: Path, tiny_model: Path) -> None:

@@ -20,7 +20,6 @@ from beacon_golem.requestor.fleets.golem.records import (
     NodeCostRow,
 )
 
-
 #: GLM has 18 decimals: an estimate is never more precise than what can be paid.
 WEI = Decimal("1e-18")
 

@@ -461,6 +461,25 @@ async def test_nodes_stop_before_the_budget_runs_out(market: Market) -> None:
         cluster = FakeGolem.made[-1].cluster
         assert cluster is not None and cluster.spawn_calls == [1]  # nothing more rented
         assert fleet.spent_glm() < config.budget
+        # The dispatcher fails what is left at once, with this reason, instead of waiting for a node.
+        assert not fleet.expecting_nodes()
+        assert fleet.why_no_more_nodes().startswith("budget nearly spent (")
+
+
+async def test_a_node_still_starting_is_expected_and_an_agreement_without_invoice_is_said(market: Market) -> None:
+    market.provider("0xaaa111", single_gpu(glm_per_hour=0.5))
+    lines: list[str] = []
+    async with fleet_for(market, make_config(nodes=1), lines) as fleet:
+        assert not fleet.expecting_nodes()  # every instance is a node
+        cluster = FakeGolem.made[-1].cluster
+        assert cluster is not None
+        cluster.spawn_instances(1, [fleet._instance_params()])  # as a replacement: not a node yet
+        assert fleet.expecting_nodes()
+    assert not fleet.expecting_nodes()  # stopped
+    said = [line for line in lines if line.startswith("no invoice from")]
+    assert said and "an estimate from the offer's price" in said[0] and "not accepted" in said[0]
+    (cost,) = [r for r in fleet.records() if isinstance(r, NodeCostRow)]
+    assert cost.source == "estimate" and cost.amount_glm == cost.amount_glm.quantize(Decimal("1e-18"))
 
 
 async def test_failed_starts_until_no_node_is_a_clear_error(market: Market) -> None:

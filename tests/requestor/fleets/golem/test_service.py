@@ -185,7 +185,7 @@ async def test_deploy_timeout_fails_the_attempt_with_a_reason() -> None:
     await gen.__anext__()
     with pytest.raises(NodeStartFailed, match="deploy failed"):
         await gen.athrow(BatchTimeoutError("batch timed out"))
-    assert svc.failure == "deploy failed: batch timed out"
+    assert svc.failure == "deploy failed: no result within 3600 s"  # deploy_timeout_s, not yapapi's bare message
 
 
 async def test_blacklisted_provider_is_refused_before_deploy() -> None:
