@@ -1,7 +1,7 @@
 """`GolemFleet`: rent GPU providers on Golem, run a node on each, hand the nodes to the dispatcher.
 
 One yapapi cluster of `BeaconNodeService` instances on a VPN; each running instance gets its own
-local port (a yapapi `SocketProxy` server) so every node is addressable on its own. The fleet
+local port (a `VpnTunnel`) so every node is addressable on its own. The fleet
 checks each node through that port with `ShimClient`, and loses a node (event `lost`) when its
 instance ends, stops answering, or the dispatcher reports it broken; the provider is then
 blacklisted for the run and a replacement rented while the budget, the time and the replacement
@@ -26,14 +26,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, SecretStr
 from yapapi import events
-from yapapi.contrib.service.socket_proxy import SocketProxy
 from yapapi.services import ServiceState
 from yapapi.strategy import DecreaseScoreForUnconfirmedAgreement
 
 from beacon_golem.api.client import ShimClient
 from beacon_golem.core.clock import utcnow
 from beacon_golem.core.errors import BeaconError
-from beacon_golem.core.net import free_port
 from beacon_golem.core.node import Node, NodeInfo
 from beacon_golem.requestor.fleets.base import Fleet, NoteListener
 from beacon_golem.requestor.fleets.golem.config import GolemFleetConfig
@@ -48,11 +46,10 @@ from beacon_golem.requestor.fleets.golem.strategy import (
     ProviderRecordLookup,
     view_offer,
 )
+from beacon_golem.requestor.fleets.golem.tunnel import VpnTunnel
 
 #: Stop every node when the budget would run out within this many seconds at the current burn.
 BUDGET_MARGIN_S = 300.0
-#: Local ports tried for one tunnel before giving up (each one free when chosen).
-BIND_ATTEMPTS = 5
 AVAILABLE = (ServiceState.starting, ServiceState.running)
 GONE = (ServiceState.stopping, ServiceState.terminated, ServiceState.unresponsive)
 
@@ -64,37 +61,6 @@ class Tunnel(Protocol):
 
 
 Connector = Callable[[BeaconNodeService, int, float], Awaitable[Tunnel]]
-
-
-class SocketTunnel:
-    """A local port tunnelled to one instance's port over the VPN (yapapi's SocketProxy)."""
-
-    def __init__(self, proxy: SocketProxy, port: int) -> None:
-        self.proxy = proxy
-        self.url = f"http://127.0.0.1:{port}"
-
-    @classmethod
-    async def open(cls, service: BeaconNodeService, remote_port: int, timeout_s: float) -> SocketTunnel:
-        """A free port can be taken by someone else between choosing it and binding it: a port that
-        does not bind is given back and another one tried (never the provider's fault)."""
-        last: str | None = None
-        for _ in range(BIND_ATTEMPTS):
-            port = free_port()
-            proxy = SocketProxy(ports=[port], timeout=timeout_s)
-            server = await proxy.run_server(service, remote_port)
-            for _ in range(100):  # the server task binds the port soon after
-                if server._running:
-                    return cls(proxy, port)
-                if proxy._tasks and proxy._tasks[-1].done():
-                    break  # its server task ended: the port did not bind
-                await asyncio.sleep(0.05)
-            last = f"local port {port} did not bind"
-            with contextlib.suppress(Exception):
-                await proxy.stop()
-        raise BeaconError(f"cannot open a local port for the VPN tunnel: {last}")
-
-    async def close(self) -> None:
-        await self.proxy.stop()
 
 
 def failure_kind(reason: str) -> str:
@@ -153,7 +119,7 @@ class GolemFleet(Fleet):
         self.replacements = 0
         self._golem_factory = golem_factory
         self._resolver = resolver
-        self._connector: Connector = connector or SocketTunnel.open
+        self._connector: Connector = connector or VpnTunnel.open
         if on_note is not None:
             self.on_note(on_note)
         self._poll_s = poll_interval_s
@@ -389,7 +355,7 @@ class GolemFleet(Fleet):
 
     async def _first_contact(self, slot: _Slot) -> NodeInfo:
         """/health OK then /info through the tunnel, retried with backoff: yagna refuses the VPN
-        websocket while its own connect to the VM fails (SocketProxy then drops the socket), which
+        websocket while its own connect to the VM fails (the tunnel then drops the socket), which
         says nothing yet about the provider. Only `connect_attempts` failures in a row lose it."""
         assert slot.client is not None
         cfg = self.config

@@ -1,10 +1,10 @@
 """The service each rented VM runs: deploy with the VPN, start the node, wait for /health.
 
-Why `Service` plus a per-instance `SocketProxy` (fleet.py) and not `HttpProxyService`: yapapi's
+Why `Service` plus a per-instance `VpnTunnel` (tunnel.py) and not `HttpProxyService`: yapapi's
 HTTP proxy reads a response only up to its Content-Length (a streamed /v1/chat/completions body is
 cut after the headers), gives up after 30 s without data by default, and `LocalHttpProxy` spreads
 requests round robin over the whole cluster, while the dispatcher must reach one node (a job's
-progress lives on the node that runs it). A `SocketProxy` server per instance tunnels raw TCP to
+progress lives on the node that runs it). A `VpnTunnel` per instance carries raw TCP to
 that instance's port 8080, so the shim's HTTP works unchanged, streaming included.
 
 The VM does not run the image's ENTRYPOINT: `start()` runs the image's start script in the

@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 from unittest import mock
 
+import aiohttp
 import pytest
 from aiohttp import web
 from ya_market import models
@@ -33,7 +34,9 @@ from beacon_golem.requestor.fleets.golem.payload import GpuVmPayload, ImageRef
 from beacon_golem.requestor.fleets.golem.records import AgreementRow, DebitNoteRow, InvoiceRow, NodeCostRow
 from beacon_golem.requestor.fleets.golem.service import BeaconNodeService
 from beacon_golem.requestor.fleets.golem.strategy import GpuMarketStrategy
+from beacon_golem.requestor.fleets.golem.tunnel import VpnTunnel
 from tests.requestor.fleets.golem.test_strategy import multi_gpu, single_gpu
+from tests.support import unclosed_sessions
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -551,7 +554,7 @@ async def test_engine_start_failure_is_one_line_without_the_key(monkeypatch: pyt
     assert "beacon golem doctor" in message and "appkey-0123456789" not in message
 
 
-# ---- the real tunnel: yapapi's SocketProxy over a websocket like yagna's VPN endpoint ------------
+# ---- the real tunnel over a websocket like yagna's VPN endpoint ------------
 class FakeVpnEndpoint:
     """Stands for yagna's net websocket: checks the app key and bridges to a TCP port."""
 
@@ -600,10 +603,19 @@ class FakeVpnEndpoint:
             await self._runner.cleanup()
 
 
-async def test_socket_tunnel_reaches_one_instance_streaming_included() -> None:
-    from beacon_golem.api.client import ShimClient
-    from beacon_golem.requestor.fleets.golem.fleet import SocketTunnel
+def vpn_service(endpoint: FakeVpnEndpoint) -> tuple[BeaconNodeService, mock.Mock]:
+    """A service on a VPN whose node's websocket URI points at `endpoint` (yapapi's `Node.get_websocket_uri`)."""
     from beacon_golem.requestor.fleets.golem.service import NodeSpec
+
+    service = BeaconNodeService(NodeSpec(runtime="vllm"))
+    network_node = mock.Mock()
+    network_node.get_websocket_uri.side_effect = lambda port: f"{endpoint.url}/net/{port}"
+    service._set_network_node(network_node)
+    return service, network_node
+
+
+async def test_vpn_tunnel_reaches_one_instance_streaming_included(monkeypatch: pytest.MonkeyPatch) -> None:
+    from beacon_golem.api.client import ShimClient
 
     async def stream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -618,16 +630,11 @@ async def test_socket_tunnel_reaches_one_instance_streaming_included() -> None:
     shim = FakeShim("tunnelled", {"/v1/chat/completions": stream})
     await shim.start()
     key = "appkey-tunnel-0123"
+    monkeypatch.setenv("YAGNA_APPKEY", key)  # where yapapi's engine reads it
     endpoint = FakeVpnEndpoint(int(shim.url.rsplit(":", 1)[1]), key)
     await endpoint.start()
-    service = BeaconNodeService(NodeSpec(runtime="vllm"))
-    network_node = mock.Mock()
-    network_node.get_websocket_uri.side_effect = lambda port: f"{endpoint.url}/net/{port}"
-    service._set_network_node(network_node)
-    cluster = mock.Mock()
-    cluster.service_runner._job.engine._api_config.app_key = key
-    service._set_cluster(cluster)
-    tunnel = await SocketTunnel.open(service, 8080, timeout_s=30)
+    service, network_node = vpn_service(endpoint)
+    tunnel = await VpnTunnel.open(service, 8080, timeout_s=30)
     try:
         network_node.get_websocket_uri.assert_called_with(8080)
         async with ShimClient(tunnel.url) as client:
@@ -641,3 +648,26 @@ async def test_socket_tunnel_reaches_one_instance_streaming_included() -> None:
         await tunnel.close()
         await endpoint.stop()
         await shim.stop()
+
+
+async def test_refused_vpn_upgrades_leave_no_unclosed_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """yapapi 0.13.1's SocketProxy left one aiohttp session per refused upgrade (a dead VM, a VPN
+    not up yet), printed as "Unclosed client session" on the user's terminal when collected."""
+    from beacon_golem.api.client import NodeUnreachable, ShimClient
+
+    monkeypatch.setenv("YAGNA_APPKEY", "not-the-key")  # every upgrade is refused with 401
+    endpoint = FakeVpnEndpoint(1, "appkey-tunnel-0123")
+    await endpoint.start()
+    service, _ = vpn_service(endpoint)
+    before = unclosed_sessions()
+    tunnel = await VpnTunnel.open(service, 8080, timeout_s=30)
+    try:
+        async with ShimClient(tunnel.url, timeout_s=5, connect_timeout_s=5) as client:
+            for _ in range(4):  # the local client sees its connection closed, each time
+                with pytest.raises((NodeUnreachable, aiohttp.ClientError)):
+                    await client.health()
+        assert endpoint.connections == 0
+    finally:
+        await tunnel.close()
+        await endpoint.stop()
+    assert unclosed_sessions() == before
