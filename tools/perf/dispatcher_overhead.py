@@ -121,7 +121,10 @@ async def main(args: argparse.Namespace) -> None:
                 bare_walls.append(await bare(urls, args.jobs, concurrency))
                 disp.append(await dispatched(urls, args.jobs, args.per_node, Path(tmp) / f"r{r}.db"))
                 wall, cpu, done = disp[-1]
-                print(f"round {r}: bare {bare_walls[-1]:.2f} s   dispatcher {wall:.2f} s ({cpu:.2f} s CPU, {done} done)", flush=True)
+                print(
+                    f"round {r}: bare {bare_walls[-1]:.2f} s   dispatcher {wall:.2f} s ({cpu:.2f} s CPU, {done} done)",
+                    flush=True,
+                )
     finally:
         await runner.cleanup()
     b = statistics.median(bare_walls)

@@ -39,9 +39,10 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from loopback import get_json, write_tokenizer
 
 EVENT = b'data: {"choices":[{"index":0,"delta":{"content":" tok"}}]}\n\n'
 FINISH = b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}\n\n'
@@ -130,7 +131,9 @@ class FakeSSE(asyncio.Protocol):
         if method == "GET" and path == "/health":
             self.respond("200 OK", b"{}")
         elif method == "GET" and path == "/v1/models":
-            self.respond("200 OK", b'{"object":"list","data":[{"id":"fake-sse","object":"model","max_model_len":4096}]}')
+            self.respond(
+                "200 OK", b'{"object":"list","data":[{"id":"fake-sse","object":"model","max_model_len":4096}]}'
+            )
         elif method == "GET" and path == "/version":
             self.respond("200 OK", b'{"version":"fake-sse"}')
         elif method == "GET" and path == "/stats":
@@ -179,7 +182,9 @@ def server_truth(stats: dict[str, Any]) -> dict[str, Any]:
         return {"median_gap_ms": None}
     gaps = [1000.0 * (b - a) for e in entries for a, b in zip(e["writes"], e["writes"][1:], strict=False)]
     ttft = [1000.0 * (e["writes"][0] - e["arrival"]) for e in entries]
-    tpot = [1000.0 * (e["writes"][-1] - e["writes"][0]) / (len(e["writes"]) - 1) for e in entries if len(e["writes"]) > 1]
+    tpot = [
+        1000.0 * (e["writes"][-1] - e["writes"][0]) / (len(e["writes"]) - 1) for e in entries if len(e["writes"]) > 1
+    ]
     e2el = [1000.0 * (e["writes"][-1] - e["arrival"]) for e in entries]
     span = max(e["writes"][-1] for e in entries) - min(e["arrival"] for e in entries)
     chunks = sum(len(e["writes"]) for e in entries)
@@ -196,11 +201,6 @@ def server_truth(stats: dict[str, Any]) -> dict[str, Any]:
 # ---- our load generator ----------------------------------------------------------------------------
 def key_of(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=60) as resp:
-        return json.loads(resp.read())
 
 
 async def run_ours(url: str, streams: int, args: argparse.Namespace, seed: int) -> dict[str, Any]:
@@ -275,30 +275,6 @@ async def run_ours(url: str, streams: int, args: argparse.Namespace, seed: int) 
     }
 
 
-# ---- GuideLLM ---------------------------------------------------------------------------------------
-TOKENIZER_SCRIPT = """
-import json, string, sys
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
-from transformers import PreTrainedTokenizerFast
-words = json.loads(sys.argv[2])
-vocab = {"[UNK]": 0, "[PAD]": 1}
-for w in words + list(string.ascii_letters + string.digits + string.punctuation):
-    vocab.setdefault(w, len(vocab))
-tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.Whitespace()
-tok.decoder = decoders.WordPiece()
-PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(sys.argv[1])
-"""
-
-
-def make_offline_tokenizer(guidellm: Path, directory: Path) -> None:
-    """A word-level HF tokenizer written locally: GuideLLM's synthetic data needs one, and nothing is downloaded."""
-    from beacon_golem.node.loadgen.prompts import WORDS
-
-    python = guidellm.parent / "python"
-    subprocess.run([str(python), "-c", TOKENIZER_SCRIPT, str(directory), json.dumps(list(WORDS))], check=True)
-
-
 class TreeCPU:
     """Samples a process tree's CPU seconds every 50 ms, so CPU inside a time window can be read."""
 
@@ -341,7 +317,9 @@ class TreeCPU:
         return None if a is None or b is None else b - a
 
 
-def run_guidellm(guidellm: Path, url: str, streams: int, args: argparse.Namespace, tokenizer: Path, out: Path, cpu: int) -> dict[str, Any]:
+def run_guidellm(
+    guidellm: Path, url: str, streams: int, args: argparse.Namespace, tokenizer: Path, out: Path, cpu: int
+) -> dict[str, Any]:
     num = streams * args.requests_per_stream
     cmd = [
         "taskset", "-c", str(cpu), str(guidellm), "run",
@@ -426,8 +404,15 @@ def compare_lines(ours: dict[str, Any], guide: dict[str, Any]) -> str:
         ot, gt = ours["truth"].get(key), guide["truth"].get(key)
         diff = pct(o, g)
         out.append(
-            f"{'':3}{label:<14}" + fmt.format(o) + " " + fmt.format(ot or 0) + " " + fmt.format(g) + " "
-            + fmt.format(gt or 0) + f" {diff:+7.1f}%"
+            f"{'':3}{label:<14}"
+            + fmt.format(o)
+            + " "
+            + fmt.format(ot or 0)
+            + " "
+            + fmt.format(g)
+            + " "
+            + fmt.format(gt or 0)
+            + f" {diff:+7.1f}%"
         )
     out.append(
         f"{'':3}{'client CPU':<14}{ours['client_cpu_us_per_chunk']:10.1f} {'':>10} {guide['client_cpu_us_per_chunk'] or 0:10.1f}"
@@ -458,8 +443,12 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=16)
     parser.add_argument("--requests-per-stream", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2, help="measurements per level (medians reported)")
-    parser.add_argument("--max-lag-p50-ms", type=float, default=1.0, help="median delivery lag allowed for 'measured correctly'")
-    parser.add_argument("--max-lag-p99-ms", type=float, default=None, help="p99 delivery lag allowed (default: one tick)")
+    parser.add_argument(
+        "--max-lag-p50-ms", type=float, default=1.0, help="median delivery lag allowed for 'measured correctly'"
+    )
+    parser.add_argument(
+        "--max-lag-p99-ms", type=float, default=None, help="p99 delivery lag allowed (default: one tick)"
+    )
     parser.add_argument("--guidellm", type=Path, default=Path("/work/guidellm-venv/bin/guidellm"))
     parser.add_argument("--guidellm-timeout", type=float, default=600.0)
     parser.add_argument("--no-guidellm", action="store_true")
@@ -477,7 +466,17 @@ def main() -> None:
     os.sched_setaffinity(0, {client_cpu})
     port = free_port()
     server = subprocess.Popen(
-        ["taskset", "-c", ",".join(map(str, server_cpus)), sys.executable, __file__, "--serve", str(port), "--tick-ms", str(args.tick_ms)]
+        [
+            "taskset",
+            "-c",
+            ",".join(map(str, server_cpus)),
+            sys.executable,
+            __file__,
+            "--serve",
+            str(port),
+            "--tick-ms",
+            str(args.tick_ms),
+        ]
     )
     url = f"http://127.0.0.1:{port}"
     guidellm = None if args.no_guidellm or not args.guidellm.exists() else args.guidellm
@@ -502,7 +501,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="loadgen-capacity-") as tmp_name:
             tmp = Path(tmp_name)
             if guidellm is not None:
-                make_offline_tokenizer(guidellm, tmp / "tokenizer")
+                write_tokenizer(guidellm.parent / "python", tmp / "tokenizer")
             for i, streams in enumerate(int(s) for s in args.streams.split(",")):
                 ours_rounds: list[dict[str, Any]] = []
                 guide_rounds: list[dict[str, Any]] = []
@@ -521,7 +520,15 @@ def main() -> None:
                                 flush=True,
                             )
                         elif guidellm is not None:
-                            g = run_guidellm(guidellm, url, streams, args, tmp / "tokenizer", tmp / f"g{streams}-{r}.json", client_cpu)
+                            g = run_guidellm(
+                                guidellm,
+                                url,
+                                streams,
+                                args,
+                                tmp / "tokenizer",
+                                tmp / f"g{streams}-{r}.json",
+                                client_cpu,
+                            )
                             guide_rounds.append(g)
                             if "error" in g:
                                 print(f"  streams {streams:4d} round {r}: guidellm {g['error']}", flush=True)

@@ -33,29 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
+from loopback import wait_ok
 
 from beacon_golem.core.net import free_port
 
 HOST = "127.0.0.1"
-
-
-def wait_ok(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -117,7 +104,9 @@ class UpstreamWatch:
                 conns = self.runtime.net_connections(kind="tcp")
             except psutil.Error:
                 conns = []
-            here = sum(1 for c in conns if c.laddr and c.laddr.port == self.port and c.status == psutil.CONN_ESTABLISHED)
+            here = sum(
+                1 for c in conns if c.laddr and c.laddr.port == self.port and c.status == psutil.CONN_ESTABLISHED
+            )
             self.most = max(self.most, here)
             await asyncio.sleep(0.05)
 

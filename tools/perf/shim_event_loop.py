@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 import psutil
-from shim_overhead import machine, measure, med, wait_ok
+from loopback import wait_ok
+from shim_overhead import machine, measure, med
 
 from beacon_golem.core.net import free_port
 from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
@@ -48,7 +49,10 @@ async def run(args: argparse.Namespace) -> None:
             cmd = [sys.executable, "-m", "beacon_golem.cli", "shim", "--runtime", "llamacpp", "--upstream", direct,
                    "--port", str(port), "--data-dir", str(tmp / loop)]  # fmt: skip
             env = {**os.environ, "BEACON_EVENT_LOOP": loop}
-            shims[loop] = (subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT), f"http://127.0.0.1:{port}")
+            shims[loop] = (
+                subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT),
+                f"http://127.0.0.1:{port}",
+            )
         try:
             wait_ok(direct + "/health")
             for _, url in shims.values():
@@ -61,7 +65,10 @@ async def run(args: argparse.Namespace) -> None:
                         m = await measure(url, c, args, 1000 * r + 10 * c, {"shim": psutil.Process(proc.pid)})
                         us = 1e6 * m["cpu_s"]["shim"] / max(1, m["output_tokens"])
                         rows.setdefault((c, loop), []).append({"us_per_token": us, "tok_s": m["output_throughput"]})
-                        print(f"round {r} c={c:<4} {loop:<8} {m['output_throughput']:9.1f} tok/s  shim {us:6.1f} µs/token", flush=True)
+                        print(
+                            f"round {r} c={c:<4} {loop:<8} {m['output_throughput']:9.1f} tok/s  shim {us:6.1f} µs/token",
+                            flush=True,
+                        )
         finally:
             for proc, _ in shims.values():
                 proc.send_signal(signal.SIGINT)
@@ -69,7 +76,9 @@ async def run(args: argparse.Namespace) -> None:
             os.killpg(llama.pid, signal.SIGTERM)
             llama.wait(10)
     print(f"\nmachine: {machine()}")
-    print(f"{'conc':>5} {'asyncio µs/tok':>15} {'uvloop µs/tok':>14} {'CPU ratio':>10} {'asyncio tok/s':>14} {'uvloop tok/s':>13} {'tok/s ratio':>12}")
+    print(
+        f"{'conc':>5} {'asyncio µs/tok':>15} {'uvloop µs/tok':>14} {'CPU ratio':>10} {'asyncio tok/s':>14} {'uvloop tok/s':>13} {'tok/s ratio':>12}"
+    )
     for c in concurrencies:
         a, u = rows[(c, "asyncio")], rows[(c, "uvloop")]
         ua, uu = med([x["us_per_token"] for x in a]), med([x["us_per_token"] for x in u])

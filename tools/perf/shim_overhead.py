@@ -28,30 +28,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
+from loopback import wait_ok
 
 from beacon_golem.core.net import free_port
 from beacon_golem.node.loadgen import ConcurrencyProfile, OverloadPolicy, PromptSpec, run_bench
 from beacon_golem.node.runtimes.llamacpp import LlamaCppAdapter
 from beacon_golem.node.tiny_model import write_tiny_model
-
-
-def wait_ok(url: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"{url} did not answer 200 within {timeout_s:.0f} s")
 
 
 def cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
@@ -66,7 +52,9 @@ def cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
     return user, system
 
 
-async def measure(url: str, concurrency: int, args: argparse.Namespace, seed: int, procs: dict[str, psutil.Process]) -> dict[str, Any]:
+async def measure(
+    url: str, concurrency: int, args: argparse.Namespace, seed: int, procs: dict[str, psutil.Process]
+) -> dict[str, Any]:
     num = max(args.min_prompts, args.prompts_per_slot * concurrency)
     profile = ConcurrencyProfile(
         concurrency=concurrency,
@@ -240,9 +228,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,32,256")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--parallel", type=int, default=8, help="llama-server slots (more slots made this build slower here)")
+    parser.add_argument(
+        "--parallel", type=int, default=8, help="llama-server slots (more slots made this build slower here)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="llama-server --threads (0: its default; 1 with --pin)")
-    parser.add_argument("--pin", action="store_true", help="llama-server alone on the last CPU, shim and client on the others")
+    parser.add_argument(
+        "--pin", action="store_true", help="llama-server alone on the last CPU, shim and client on the others"
+    )
     parser.add_argument("--input-len", type=int, default=32)
     parser.add_argument("--output-len", type=int, default=64)
     parser.add_argument("--prompts-per-slot", type=int, default=4)
