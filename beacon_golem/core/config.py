@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     router_token: SecretStr | None = None
     #: Requestor: how long one health check of a node may take (never the suite's job timeout).
     health_timeout_s: float = Field(default=10.0, gt=0)
+    #: Requestor: seconds between two saves of what each node has cost so far (a killed run keeps them).
+    spent_save_s: float = Field(default=15.0, gt=0)
     #: Requestor: the largest body read from a node.
     max_node_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
     #: The image lock file `--fleet golem` picks images from [default: the one shipped in beacon_golem/imaging].
@@ -82,7 +84,6 @@ class Settings(BaseSettings):
     golem_image: str | None = None
     #: Event loop for serving processes (shim, node, router): auto (uvloop when installed) or asyncio.
     event_loop: str = "auto"
-
 
     @field_validator("shim_token", "router_token")
     @classmethod

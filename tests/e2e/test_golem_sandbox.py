@@ -307,11 +307,17 @@ async def test_a_requestor_killed_mid_run_is_resumed_on_new_agreements_finishing
     suite = write_suite(tmp_path / "suite.yaml", questions=4, repetitions=5, max_tokens=128, concurrency=1)
     db = tmp_path / "beacon.db"
     beacon = [sys.executable, "-m", "beacon_golem.cli", "run"]
-    env = {**os.environ, "BEACON_LOG_LEVEL": "warning"}
+    env = {**os.environ, "BEACON_LOG_LEVEL": "warning", "BEACON_SPENT_SAVE_S": "0.5"}
 
     def results() -> dict[str, str]:
         with sqlite3.connect(db) as conn:
             return dict(conn.execute("SELECT job_id, created_at FROM results").fetchall())
+
+    def spent_so_far() -> dict[str, float]:
+        """What each node had cost, as the running requestor saved it (every BEACON_SPENT_SAVE_S)."""
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("SELECT node_id, json_extract(extra_json, '$.glm_spent') FROM nodes").fetchall()
+        return {node: spent for node, spent in rows if spent is not None}
 
     with (tmp_path / "first.log").open("wb") as log:
         first = await asyncio.create_subprocess_exec(
@@ -322,7 +328,7 @@ async def test_a_requestor_killed_mid_run_is_resumed_on_new_agreements_finishing
         assert first.stdout is not None
         run_id = (await first.stdout.readline()).decode().split()[1]  # printed before any node starts
         for _ in range(1200):
-            if db.exists() and len(results()) >= 4:
+            if db.exists() and len(results()) >= 4 and spent_so_far():
                 break
             assert first.returncode is None, (tmp_path / "first.log").read_text()[-2000:]
             await asyncio.sleep(0.05)
@@ -333,6 +339,8 @@ async def test_a_requestor_killed_mid_run_is_resumed_on_new_agreements_finishing
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone() == ("running",)
     assert 4 <= len(before) < 40
+    spent = spent_so_far()  # killed: no end-of-run accounting, yet what the nodes cost so far is kept
+    assert spent and all(v > 0 for v in spent.values()), spent
 
     resumed = await asyncio.create_subprocess_exec(
         *beacon, "--resume", run_id, "--db", str(db),

@@ -30,7 +30,7 @@ from beacon_golem.requestor.fleets.local import LocalFleet, LocalFleetConfig
 from beacon_golem.requestor.fleets.static import StaticFleet, StaticNodeSpec
 from beacon_golem.requestor.store.rows import BenchResultRow, RunRow
 from beacon_golem.requestor.store.store import DB_FILENAME, Store, open_store
-from beacon_golem.requestor.work.accounting import save_accounting
+from beacon_golem.requestor.work.accounting import save_accounting, save_spent_so_far
 from beacon_golem.requestor.work.beacon_import import TINY_MODEL as TINY_MODEL_NAME
 from beacon_golem.requestor.work.beacon_import import (
     ImportedJob,
@@ -143,7 +143,9 @@ def check_fleet(suite: Suite, fleet: FleetChoice) -> None:
     if fleet.kind == "local":
         runtimes = {m.runtime for m in suite.models} - {"any"}
         if fleet.runtime != AUTO and runtimes - {fleet.runtime}:
-            raise UsageError(f"the local fleet runs {fleet.runtime}, but the suite asks for {', '.join(sorted(runtimes))}")
+            raise UsageError(
+                f"the local fleet runs {fleet.runtime}, but the suite asks for {', '.join(sorted(runtimes))}"
+            )
         if fleet.nodes < len(fleet.regions):
             raise UsageError(
                 f"the suite asks for {len(fleet.regions)} regions ({', '.join(fleet.regions)}): "
@@ -180,7 +182,9 @@ def build_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
             )
         )
     if choice.kind == "static":
-        specs = [StaticNodeSpec.parse(url, token).model_copy(update={"concurrency": parallel}) for url in choice.node_urls]
+        specs = [
+            StaticNodeSpec.parse(url, token).model_copy(update={"concurrency": parallel}) for url in choice.node_urls
+        ]
         return StaticFleet(specs)
     return golem_fleet(choice, data_dir, token, store)
 
@@ -225,7 +229,6 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
         raise UsageError(f"--fleet golem needs {' and '.join(missing)} (GLM): money is never spent without a cap")
     runtime = FALLBACK_RUNTIME if choice.runtime == AUTO else choice.runtime
     if "image" not in settings:
-
         entry = lookup_image(runtime)
         if entry is None:
             raise UsageError(
@@ -262,8 +265,6 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
         return ProviderRecord(provider_id=provider_id, runs=runs, failures=lost) if runs else None
 
     return GolemFleet(config, provider_record=record)
-
-
 
 
 def dispatch_config(suite: Suite, choice: FleetChoice) -> DispatchConfig:
@@ -354,7 +355,9 @@ def prepare_run(
         if store.comparison_plan(found.run_id) is not None:
             raise UsageError(f"run {found.run_id} is a runtime comparison: run `beacon compare` again")
         if found.suite is None:
-            raise BeaconError(f"run {found.run_id} cannot be resumed: its stored suite does not read ({found.suite_error})")
+            raise BeaconError(
+                f"run {found.run_id} cannot be resumed: its stored suite does not read ({found.suite_error})"
+            )
         suite = found.suite
         choice = FleetChoice(**{**(found.fleet_desc or {}), **given})
         fleet = build_fleet(choice, settings.data_dir, settings.shim_token, store)
@@ -406,6 +409,7 @@ async def drive(
     """
     run_id = run.run_id
     heartbeat = asyncio.create_task(_heartbeat(store, run_id, lock)) if lock is not None else None
+    spending = asyncio.create_task(_keep_spent(store, run_id, fleet))
     fleet.on_note(lambda n: store.add_event(run_id, "fleet_progress", message=n.message))
     if on_note is not None:
         fleet.on_note(lambda n: on_note(n.message))
@@ -425,9 +429,10 @@ async def drive(
                 await asyncio.gather(watcher, return_exceptions=True)
             if on_stopped is not None:
                 on_stopped(fleet)
-            if heartbeat is not None:
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
+            for task in (heartbeat, spending):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             # Once the fleet has stopped: its agreements are closed, and the last invoices (yapapi's
             # engine waits for them while it shuts down) are in.
             save_accounting(store, run_id, fleet)
@@ -458,6 +463,17 @@ async def _heartbeat(store: Store, run_id: str, lock: str) -> None:
             return
 
 
+async def _keep_spent(store: Store, run_id: str, fleet: Fleet) -> None:
+    """Every `spent_save_s` (BEACON_SPENT_SAVE_S), what each node has cost so far."""
+    interval = load_settings().spent_save_s
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            save_spent_so_far(store, run_id, fleet)
+        except Exception as exc:  # a busy database: the next save, or the final one, will do
+            log.warning("spent_save_failed", run=run_id, error=failure_reason(exc))
+
+
 async def _watch_start(fleet: Fleet, watcher: StartWatcher) -> None:
     async for event in fleet.events():
         watcher(event)
@@ -482,8 +498,9 @@ async def execute_run(
     """
     lock = lock or store.lock_run(run.run_id)
     try:
-        return await _execute_locked(store, run, fleet, config, receipts, on_progress, on_fleet_ready, on_perf,
-                                     on_fleet_note, lock)
+        return await _execute_locked(
+            store, run, fleet, config, receipts, on_progress, on_fleet_ready, on_perf, on_fleet_note, lock
+        )
     finally:
         store.unlock_run(run.run_id, lock)
 
@@ -546,7 +563,9 @@ async def bench_fleet(
     choice = fleet_for_suite(choice, suite)
     check_fleet(suite, choice)  # before the store is touched
     store = open_store(db or settings.data_dir / DB_FILENAME)
-    fleet = build_fleet(choice, settings.data_dir, settings.shim_token, store)  # a bad fleet setting fails before the run exists
+    fleet = build_fleet(
+        choice, settings.data_dir, settings.shim_token, store
+    )  # a bad fleet setting fails before the run exists
     run = store.create_run(suite, "beacon bench --fleet", expand_jobs(suite), choice.model_dump(mode="json"))
     if on_planned is not None:
         on_planned(store, run)
