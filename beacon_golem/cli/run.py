@@ -28,6 +28,7 @@ from beacon_golem.core.errors import UsageError
 from beacon_golem.reports.differences import write_difference_report
 from beacon_golem.requestor.work.dispatcher import RunProgress
 from beacon_golem.requestor.work.driver import (
+    acceptance_verdict,
     execute_run,
     fleet_kind,
     golem_options,
@@ -59,8 +60,12 @@ def progress_view(progress: RunProgress) -> Group:
 @app.command("run")
 def run(
     suite_path: Path = typer.Argument(None, help="Suite YAML or Project Beacon JobSpec JSON", show_default=False),
-    resume: str = typer.Option(None, "--resume", help="Finish the unfinished jobs of this run id (failed ones included)"),
-    keep_failed: bool = typer.Option(False, "--keep-failed", help="With --resume: leave failed jobs failed (default: retry them)"),
+    resume: str = typer.Option(
+        None, "--resume", help="Finish the unfinished jobs of this run id (failed ones included)"
+    ),
+    keep_failed: bool = typer.Option(
+        False, "--keep-failed", help="With --resume: leave failed jobs failed (default: retry them)"
+    ),
     fleet: str = typer.Option(None, help="Where nodes come from: local, static or golem [default: local]"),
     nodes: int = typer.Option(None, help="How many nodes (local, golem) [default: 2]"),
     node: list[str] = typer.Option(None, "--node", help="Static node URL, optionally with @REGION (repeat)"),
@@ -116,7 +121,9 @@ def run(
     for note in prepared.notes:
         typer.echo(note, err=True)  # one line each, never wrapped
     out.print(f"run {record.run_id}  ({record.total_jobs} jobs, store {store.path})")
-    live = Live(progress_view(RunProgress(total=record.total_jobs)), console=console, refresh_per_second=4, transient=False)
+    live = Live(
+        progress_view(RunProgress(total=record.total_jobs)), console=console, refresh_per_second=4, transient=False
+    )
     try:
         with live:
             final = asyncio.run(
@@ -127,8 +134,10 @@ def run(
                     prepared.config,
                     prepared.receipts,
                     on_progress=lambda p: live.update(progress_view(p)),
-                    on_perf=lambda kind, d: console.print(f"{d.get('node_id')}: {kind.replace('_', ' ')} ({d.get('where')})"
-                                                          + (f": {d['reason']}" if d.get("reason") else "")),
+                    on_perf=lambda kind, d: console.print(
+                        f"{d.get('node_id')}: {kind.replace('_', ' ')} ({d.get('where')})"
+                        + (f": {d['reason']}" if d.get("reason") else "")
+                    ),
                     on_fleet_note=console.print,
                     lock=prepared.lock,
                 )
@@ -139,11 +148,16 @@ def run(
     console.line()  # the live view leaves the cursor on its last line
     counts = final.job_counts
     out.print(f"run {final.run_id} {final.status}: {counts.get('done', 0)} done, {counts.get('failed', 0)} failed")
+    verdict = acceptance_verdict(store, final.run_id)
+    if verdict is not None:
+        out.print(verdict.line())
     # Beside the store it belongs to (--db DIR/b.db: DIR/reports/RUN).
     md, js = write_difference_report(store, final.run_id, store.path.parent / "reports" / final.run_id)
     out.print(f"store:       {store.path}")
     out.print(f"differences: {md}  ({js})")
     if prepared.suite.perf is not None:
-        out.print(f"benchmarks:  {len(store.bench_results(final.run_id))} stored; beacon report {final.run_id} --html report.html")
+        out.print(
+            f"benchmarks:  {len(store.bench_results(final.run_id))} stored; beacon report {final.run_id} --html report.html"
+        )
     if final.status != "done":
         raise SystemExit(1)

@@ -57,8 +57,15 @@ def test_a_signed_jobspec_plans_runs_and_its_receipts_verify_as_beacon_verifies(
     plan = beacon(tmp_path, "runs", "plan", str(signed), "--questions", str(qfile), *MAP, "--json")
     assert plan.returncode == 0, plan.stderr
     doc = json.loads(plan.stdout)
-    assert doc["jobs"] == 8 and doc["regions"] == ["US", "EU"] and [q["id"] for q in doc["questions"]] == ["math_basic", "taiwan_status"]
-    assert [(m["name"], m["beacon_id"]) for m in doc["models"]] == [("beacon-tiny", "llama3.2-1b"), ("beacon-tiny", "qwen2.5-1.5b")]
+    assert (
+        doc["jobs"] == 8
+        and doc["regions"] == ["US", "EU"]
+        and [q["id"] for q in doc["questions"]] == ["math_basic", "taiwan_status"]
+    )
+    assert [(m["name"], m["beacon_id"]) for m in doc["models"]] == [
+        ("beacon-tiny", "llama3.2-1b"),
+        ("beacon-tiny", "qwen2.5-1.5b"),
+    ]
     assert doc["signature"] == {"status": "valid", "scheme": "V1", "public_key": pub, "reason": None, "trust": None}
 
     # Without the map the local fleet cannot serve Beacon's models: refused, naming the model, nothing stored.
@@ -76,7 +83,9 @@ def test_a_signed_jobspec_plans_runs_and_its_receipts_verify_as_beacon_verifies(
     assert imported.returncode == 2 and imported.stdout == ""
 
     unsigned = write(tmp_path / "unsigned.json", JOB)
-    strict = beacon(tmp_path, "run", str(unsigned), "--questions", str(qfile), *MAP, "--require-signature", "--db", str(db))
+    strict = beacon(
+        tmp_path, "run", str(unsigned), "--questions", str(qfile), *MAP, "--require-signature", "--db", str(db)
+    )
     assert strict.returncode == 2 and "unsigned" in strict.stderr and not db.exists()
 
     done = beacon(tmp_path, "run", str(signed), "--questions", str(qfile), *MAP, "--nodes", "2", "--db", str(db))
@@ -84,8 +93,12 @@ def test_a_signed_jobspec_plans_runs_and_its_receipts_verify_as_beacon_verifies(
     run_id = done.stdout.splitlines()[0].split()[1]
     with sqlite3.connect(db) as conn:
         (jobspec_json,) = conn.execute("SELECT jobspec_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        receipts = [json.loads(r) for (r,) in conn.execute("SELECT receipt_json FROM results WHERE run_id = ?", (run_id,))]
-        events = conn.execute("SELECT detail_json FROM events WHERE run_id = ? AND kind = 'beacon_acceptance'", (run_id,)).fetchall()
+        receipts = [
+            json.loads(r) for (r,) in conn.execute("SELECT receipt_json FROM results WHERE run_id = ?", (run_id,))
+        ]
+        events = conn.execute(
+            "SELECT detail_json FROM events WHERE run_id = ? AND kind = 'beacon_acceptance'", (run_id,)
+        ).fetchall()
     stored = json.loads(jobspec_json)
     assert (stored["signature"]["status"], stored["signature"]["scheme"], stored["layout"]) == ("valid", "V1", "struct")
     assert stored["jobspec_id"].startswith("two-model-bias-detection-") and stored["id_generated"]
@@ -94,6 +107,7 @@ def test_a_signed_jobspec_plans_runs_and_its_receipts_verify_as_beacon_verifies(
     assert {r["provenance"]["benchmark_hash"] for r in receipts} == {"sha256:questions-v1"}
     assert {r["output"]["metadata"]["beacon_model"] for r in receipts} == {"llama3.2-1b", "qwen2.5-1.5b"}
     assert json.loads(events[0][0])["met"] is True
+    assert "beacon acceptance: met (answers from 2 region(s), at least 2 wanted; 100% of the jobs done" in done.stdout
 
     verified = beacon(tmp_path, "verify", run_id, "--db", str(db))
     assert verified.returncode == 0, verified.stdout + verified.stderr

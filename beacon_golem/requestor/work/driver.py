@@ -104,19 +104,47 @@ def plan_run(store: Store, suite: Suite, source: str, fleet: FleetChoice) -> Run
     return store.create_run(suite, source, expand_jobs(suite), fleet.model_dump(mode="json"))
 
 
-def record_acceptance(store: Store, run_id: str, suite: Suite) -> bool:
-    """Whether the run meets its JobSpec's constraints as Beacon judges a cross-region job
-    (answers in at least `min_regions` regions, `min_success_rate` of the jobs done), stored as
-    a `beacon_acceptance` event; the run's own status still says whether every job is done."""
+class AcceptanceVerdict(BaseModel):
+    """Whether a run meets its JobSpec's constraints as Beacon judges a cross-region job."""
+
+    met: bool
+    success_rate: float
+    regions_answered: list[str]
+    min_regions: int
+    min_success_rate: float
+
+    def line(self) -> str:
+        return (
+            f"beacon acceptance: {'met' if self.met else 'NOT met'} (answers from {len(self.regions_answered)} "
+            f"region(s), at least {self.min_regions} wanted; {self.success_rate:.0%} of the jobs done, "
+            f"at least {self.min_success_rate:.0%} wanted)"
+        )
+
+
+def record_acceptance(store: Store, run_id: str, suite: Suite) -> AcceptanceVerdict:
+    """The verdict (answers in at least `min_regions` regions, `min_success_rate` of the jobs
+    done), stored as a `beacon_acceptance` event; the run's own status still says whether every
+    job is done."""
     assert suite.acceptance is not None
     jobs = store.jobs(run_id)
     done = [j for j in jobs if j.state == "done"]
     regions = sorted({j.region for j in done})
     rate = len(done) / len(jobs) if jobs else 0.0
-    met = len(regions) >= suite.acceptance.min_regions and rate >= suite.acceptance.min_success_rate
-    store.add_event(run_id, "beacon_acceptance", met=met, success_rate=round(rate, 4), regions_answered=regions,
-                    min_regions=suite.acceptance.min_regions, min_success_rate=suite.acceptance.min_success_rate)  # fmt: skip
-    return met
+    verdict = AcceptanceVerdict(
+        met=len(regions) >= suite.acceptance.min_regions and rate >= suite.acceptance.min_success_rate,
+        success_rate=round(rate, 4),
+        regions_answered=regions,
+        min_regions=suite.acceptance.min_regions,
+        min_success_rate=suite.acceptance.min_success_rate,
+    )
+    store.add_event(run_id, "beacon_acceptance", **verdict.model_dump())
+    return verdict
+
+
+def acceptance_verdict(store: Store, run_id: str) -> AcceptanceVerdict | None:
+    """The run's latest acceptance verdict, for runs from a Beacon JobSpec (None otherwise)."""
+    events = store.events(run_id, ["beacon_acceptance"])
+    return AcceptanceVerdict.model_validate(events[-1].detail) if events else None
 
 
 def served_models(fleet: FleetChoice) -> list[str] | None:
