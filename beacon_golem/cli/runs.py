@@ -334,8 +334,8 @@ def runs_plan(
 # beacon verify
 
 
-def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None, str | None]]:
-    """(label, envelope, text, result_json) for a receipt file or a `runs export` JSONL file."""
+def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None, str | None, dict[str, Any] | None]]:
+    """(label, envelope, text, result_json, export record) for a receipt file or a `runs export` JSONL file."""
     from beacon_golem.core.suite import read_text_file
 
     raw = read_text_file(path, max_bytes=RECEIPT_FILE_MAX_BYTES)  # an export of a large run is large
@@ -350,15 +350,16 @@ def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None
                 docs.append(json.loads(line))
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{path}: line {n}: not valid JSON: {exc.msg}") from None
-    items: list[tuple[str, dict[str, Any], str | None, str | None]] = []
+    items: list[tuple[str, dict[str, Any], str | None, str | None, dict[str, Any] | None]] = []
     for n, doc in enumerate(docs, 1):
         label = str(path) if len(docs) == 1 else f"{path}:{n}"
         if isinstance(doc, dict) and "signature" in doc:
-            items.append((label, doc, None, None))
+            items.append((label, doc, None, None, None))
         elif isinstance(doc, dict) and isinstance(doc.get("receipt"), dict) and "signature" in doc["receipt"]:
             result = doc.get("result")
             label = f"{label} ({doc.get('job_id', '?')})"
-            items.append((label, doc["receipt"], doc.get("text"), json.dumps(result) if isinstance(result, dict) else None))
+            result_json = json.dumps(result) if isinstance(result, dict) else None
+            items.append((label, doc["receipt"], doc.get("text"), result_json, doc))
         elif isinstance(doc, dict) and doc.get("receipt") is None and "job_id" in doc:
             continue  # an exported job without an answer: nothing to verify
         else:
@@ -368,53 +369,132 @@ def _load_receipt_file(path: Path) -> list[tuple[str, dict[str, Any], str | None
     return items
 
 
+#: Fields of an export line and the key of the job spec (signed by the receipt's job_spec_hash) each is.
+_EXPORT_SPEC_KEYS = (
+    ("job_key", "key"), ("question_id", "question_id"), ("category", "category"), ("model", "model"),
+    ("runtime", "runtime"), ("region", "region"), ("repetition", "repetition"), ("request", "request"),
+    ("suite_hash", "suite_hash"),
+)  # fmt: skip
+
+
+def _export_fields(record: dict[str, Any] | None, envelope: dict[str, Any]) -> dict[str, Any]:
+    """What an export line shows beside its receipt, as `verify_receipt` checks it: the job's spec
+    rebuilt from the line's fields (against the signed job_spec_hash), job id, node, times."""
+    if record is None:
+        return {}
+    fields: dict[str, Any] = {}
+    if all(k in record for k, _ in _EXPORT_SPEC_KEYS):
+        spec = {key: record[k] for k, key in _EXPORT_SPEC_KEYS}
+        meta = (envelope.get("output") or {}).get("metadata") if isinstance(envelope.get("output"), dict) else None
+        beacon_model = meta.get("beacon_model") if isinstance(meta, dict) else None
+        if beacon_model is not None:
+            spec["beacon_model"] = beacon_model
+        fields["spec_json"] = json.dumps(spec)
+    for key in ("job_id", "node_id", "started_at", "ended_at"):
+        if isinstance(record.get(key), str):
+            fields[key] = record[key]
+    return fields
+
+
+def _trusted_keys(public_key: str | None, trust: Path | None, any_key: bool) -> list[str] | None:
+    """The keys a receipt or manifest must be signed by: `--public-key` and `--trust` when given, else
+    the default trust file and this machine's key; None with `--any-key`. No key pinned is a failure
+    (exit 1): a receipt re-signed by a fresh key would otherwise verify."""
+    from beacon_golem.core.errors import BeaconError
+    from beacon_golem.requestor.work.receipts import (
+        default_trust_path,
+        local_public_key,
+        read_public_key,
+        read_trust_file,
+    )
+
+    if any_key:
+        return None
+    keys: list[str] = []
+    if public_key or trust is not None:
+        keys += [read_public_key(public_key)] if public_key else []
+        keys += read_trust_file(trust) if trust is not None else []
+        return list(dict.fromkeys(keys))
+    default = default_trust_path()
+    if default.exists():
+        keys += read_trust_file(default)
+    local = local_public_key()
+    keys += [local] if local else []
+    if not keys:
+        raise BeaconError(
+            "did not verify: no trusted key pinned (this machine has no receipt key and "
+            f"{default} does not exist), so a receipt re-signed by any key would pass; "
+            "pass --public-key KEY, --trust FILE, or --any-key to accept any valid signature"
+        )
+    return list(dict.fromkeys(keys))
+
+
 @app.command("verify")
 def verify(
     run_id: str = typer.Argument(None, help="Run id (or unique prefix, or 'latest') whose results to check"),
     receipt: Path = typer.Option(None, "--receipt", help="Check one receipt file (or a `runs export` JSONL file)"),
     text_file: Path = typer.Option(None, "--text", help="With --receipt: the answer text to check outputs_hash"),
-    public_key: str = typer.Option(None, "--public-key", help="Trusted signer: base64 key or key file (default: this machine's key)"),
-    any_key: bool = typer.Option(False, "--any-key", help="Accept receipts signed by any key (check consistency only)"),
+    public_key: str = typer.Option(
+        None,
+        "--public-key",
+        help="Trusted signer: base64 key or key file (default: the data directory's trust file and this machine's key)",
+    ),
+    trust: Path = typer.Option(
+        None, "--trust", help="Trusted signers: a file of base64 keys, one a line, or Beacon's trusted-keys JSON"
+    ),
+    any_key: bool = typer.Option(
+        False, "--any-key", help="Accept a valid signature by any key (checks consistency only, and says so)"
+    ),
     db: Path = _db_option(),
 ) -> None:
-    """Check results against their signed receipts; exit 1 with one line per altered item."""
+    """Check results against their signed receipts and the run's signed manifest; exit 1 with one line per altered item."""
     from beacon_golem.core.suite import read_text_file
-    from beacon_golem.requestor.work.receipts import local_public_key, read_public_key, verify_receipt, verify_run
+    from beacon_golem.requestor.work.receipts import verify_receipt, verify_run
 
     if (run_id is None) == (receipt is None):
         raise UsageError("give a RUN_ID or --receipt FILE (one of them)")
     if text_file is not None and receipt is None:
         raise UsageError("--text goes with --receipt")
-    trusted: list[str] | None = None
-    if public_key and any_key:
-        raise UsageError("--public-key and --any-key exclude each other")
-    if public_key:
-        trusted = [read_public_key(public_key)]
-    elif not any_key:
-        local = local_public_key()
-        trusted = [local] if local else None
+    if any_key and (public_key or trust is not None):
+        raise UsageError("--any-key excludes --public-key and --trust")
 
     problems: list[str] = []
+    warnings: list[str] = []
+    keys: list[str] = []
     if receipt is not None:
         items = _load_receipt_file(receipt)
         given_text = read_text_file(text_file, max_bytes=RECEIPT_FILE_MAX_BYTES) if text_file is not None else None
-        for label, envelope, text, result_json in items:
+        trusted = _trusted_keys(public_key, trust, any_key)  # after the input reads: a bad file is exit 2
+        for label, envelope, text, result_json, record in items:
             text = given_text if given_text is not None else text
-            for problem in verify_receipt(envelope, text, trusted_keys=trusted, result_json=result_json):
-                problems.append(f"{label}: {problem}")
+            key = envelope.get("public_key")
+            if isinstance(key, str) and key not in keys:
+                keys.append(key)
+            found = verify_receipt(envelope, text, trusted_keys=trusted, result_json=result_json,
+                                   **_export_fields(record, envelope))  # fmt: skip
+            problems += [f"{label}: {problem}" for problem in found]
         checked, what = len(items), f"receipt{'s' if len(items) != 1 else ''} in {receipt}"
         if given_text is None and all(i[2] is None for i in items):
             what += " (signature only: pass --text to check the answer)"
     else:
         with _open(db) as store:
             run = store.find_run(run_id)
+            trusted = _trusted_keys(public_key, trust, any_key)
             report = verify_run(store, run.run_id, trusted_keys=trusted)
         problems, checked, what = report.problems, report.checked, f"results of run {run.run_id}"
+        warnings, keys = report.warnings, report.public_keys
+        if report.manifest_count is not None:
+            what += f" and its signed manifest ({report.manifest_count} listed)"
+    for line in warnings:
+        typer.echo(f"warning: {line}", err=True)
     if problems:
         for line in problems:
             typer.echo(line)
         raise SystemExit(1)
-    pin = "trusted key" if trusted else "any key (no trusted key pinned)"
+    if trusted is None:
+        typer.echo("warning: --any-key: the signer was not checked; anyone can re-sign altered results with a key "
+                   f"of their own (signed by {', '.join(keys) or 'no key'})", err=True)  # fmt: skip
+    pin = "trusted key" if trusted else "any key (--any-key: the signer was not checked)"
     typer.echo(f"ok: {checked} {what} verified, signed by {pin}")
 
 

@@ -59,7 +59,8 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def recorded(tmp_path: Path, data_dir: Path) -> tuple[Path, str]:
-    """A finished run: three answers with signed receipts, one failed job, two nodes, events."""
+    """A finished run: three answers with signed receipts and the run's signed manifest, one failed job,
+    two nodes, events."""
     suite = parse_suite(SUITE)
     signer = ReceiptSigner.load_or_create()  # the data directory's key
     path = tmp_path / "runs.db"
@@ -81,8 +82,8 @@ def recorded(tmp_path: Path, data_dir: Path) -> tuple[Path, str]:
                                       runtime="llamacpp", model="beacon-tiny")  # fmt: skip
             node = store.get_node(run.run_id, node_id)
             started, ended = T0 + timedelta(seconds=i), T0 + timedelta(seconds=i, milliseconds=60)
-            receipt = signer.sign_result(job, node, node_id, result, started, ended)
-            store.record_result(job.job_id, node_id, result, started, ended, receipt)
+            receipt = signer.sign_result(job, node, node_id, result, started, ended, in_manifest=True)
+            store.record_result(job.job_id, node_id, result, started, ended, receipt, signer)  # as the dispatcher does
         store.finish_run(run.run_id, "failed")
     return path, run.run_id
 
@@ -173,7 +174,7 @@ def test_verify_run_ok_and_untouched(recorded, capsys) -> None:  # type: ignore[
     before = digest(path)
     code, out, _ = cli(["verify", run_id, "--db", str(path)], capsys)
     assert code == 0
-    assert out.strip() == f"ok: 3 results of run {run_id} verified, signed by trusted key"
+    assert out.strip() == f"ok: 3 results of run {run_id} and its signed manifest (3 listed) verified, signed by trusted key"  # fmt: skip
     assert digest(path) == before
 
 
@@ -203,7 +204,9 @@ def test_verify_key_pinning(recorded, tmp_path: Path, capsys) -> None:  # type: 
     path, run_id = recorded
     other = ReceiptSigner.load_or_create(tmp_path / "other.pem")
     code, out, _ = cli(["verify", run_id, "--db", str(path), "--public-key", other.public_key], capsys)
-    assert code == 1 and len(out.strip().splitlines()) == 3 and "not a trusted key" in out
+    lines = out.strip().splitlines()
+    assert code == 1 and len(lines) == 4 and all("not a trusted key" in line for line in lines)
+    assert lines[3].startswith(f"run {run_id}: run manifest: public_key: not a trusted key")
     code, out, _ = cli(["verify", run_id, "--db", str(path), "--any-key"], capsys)
     assert code == 0 and "any key" in out
 

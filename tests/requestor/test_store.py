@@ -375,8 +375,20 @@ def test_default_path_is_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 # ---- schema 2: bench results, and the migration from schema 1 ---------------------------------------
+def as_schema_6(path: Path) -> None:
+    """Turn a fresh file into what schema 6 wrote: schema 7 only added the run manifest tables."""
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP TRIGGER manifest_entries_never_deleted; DROP TRIGGER manifest_entries_never_changed;"
+        " DROP TRIGGER run_manifests_never_deleted; DROP TABLE manifest_entries; DROP TABLE run_manifests;"
+        " UPDATE schema_version SET version = 6;"
+    )
+    conn.close()
+
+
 def as_schema_5(path: Path) -> None:
     """Turn a fresh file into what schema 5 wrote: schema 6 only added the comparison tables."""
+    as_schema_6(path)
     conn = sqlite3.connect(path)
     conn.executescript(
         "DROP TRIGGER runtime_trials_never_deleted; DROP TABLE runtime_trials; DROP TABLE comparisons;"
@@ -460,17 +472,17 @@ def test_a_schema_1_file_migrates_in_place_and_keeps_every_row(tmp_path: Path, s
         assert ro.results(run.run_id)[0].text == "I am a small model."
     assert digest(path) == digest_before
 
-    # Opened for writing: migrated to schema 2, 3, 4, 5 then 6, no old row changed, bench results work.
+    # Opened for writing: migrated to schema 2, 3, 4, 5, 6 then 7, no old row changed, bench results work.
     with Store(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 6
+        assert s.schema_version() == SCHEMA_VERSION == 7
         assert s.get_run(run.run_id).status == "done" and s.nodes(run.run_id)[0].extra == {"glm_spent": 0.25}
         row = s.add_bench_result(run.run_id, "n1", "node", "n1 US node", {"kind": "sweep"}, BENCH)
         assert s.bench_results(run.run_id) == [row]
     assert kept(_dump(path), before) == before
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(v,) for v in range(1, 8)]
     with Store(path) as s:  # opening again migrates nothing more
-        assert s.schema_version() == 6 and len(s.bench_results(run.run_id)) == 1
-    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(1,), (2,), (3,), (4,), (5,), (6,)]
+        assert s.schema_version() == 7 and len(s.bench_results(run.run_id)) == 1
+    assert raw(path, "SELECT version FROM schema_version ORDER BY version") == [(v,) for v in range(1, 8)]
 
 
 def test_bench_results_round_trip_and_are_never_deleted(store: Store, suite) -> None:  # type: ignore[no-untyped-def]

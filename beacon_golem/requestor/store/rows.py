@@ -117,8 +117,11 @@ class RawResultRow(BaseModel):
     seq: int
     job_key: str
     question_id: str
+    category: str
     model: str
+    runtime: str
     region: str
+    repetition: int
     job_state: str
     spec_json: str
     has_result: bool
@@ -128,6 +131,33 @@ class RawResultRow(BaseModel):
     started_at: str | None = None
     ended_at: str | None = None
     receipt_json: str | None = None
+
+
+class RawRunRow(BaseModel):
+    """A run's suite columns exactly as stored: what `verify` checks against the signed job specs."""
+
+    run_id: str
+    kind: str = "suite"
+    suite_name: str
+    suite_hash: str
+    suite_json: str
+
+
+class ManifestEntryRow(BaseModel):
+    """One result in a run's manifest (schema 7): its place in landing order, job, and row hash."""
+
+    position: int
+    job_id: str
+    entry_hash: str
+
+
+class RunManifestRow(BaseModel):
+    """A run's manifest as stored: the signed statement (unparsed) and its entries in order."""
+
+    run_id: str
+    statement_json: str
+    updated_at: str
+    entries: list[ManifestEntryRow] = Field(default_factory=list)
 
 
 class NodeRow(BaseModel):

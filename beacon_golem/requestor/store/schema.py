@@ -12,6 +12,10 @@ Schema 6 adds runtime comparisons (`beacon compare`): `comparisons` (the plan of
 run: its runtimes, settings, idle time, price) and `runtime_trials` (one row per machine and
 runtime: whether it started, its start times, the timed requests, weights, price, and the
 `bench_results` row of its sweep), indexed by provider, host and GPU model for `--runtime auto`.
+Schema 7 adds the run manifest (`requestor.store.manifest`): `manifest_entries` (one row per stored
+result: its place, its job, the hash of the stored row) and `run_manifests` (per run, the signed
+statement of the count and rolling digest of its entries); entries are never deleted or changed.
+A run stored before schema 7 has no manifest until a result lands in it again.
 Migrations only add tables and columns; no stored row is touched.
 """
 
@@ -21,7 +25,7 @@ import sqlite3
 
 from beacon_golem.core.clock import to_ts, utcnow
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 #: Schema 2: performance benchmarks. Shared by new databases and the migration from 1.
@@ -110,9 +114,39 @@ END;
 """
 
 
+#: Schema 7: the run manifest. Shared by new databases and the migration from 6.
+_MANIFEST_SCHEMA = """
+CREATE TABLE manifest_entries (
+    run_id      TEXT NOT NULL REFERENCES runs(run_id),
+    position    INTEGER NOT NULL,
+    job_id      TEXT NOT NULL UNIQUE REFERENCES jobs(job_id),
+    entry_hash  TEXT NOT NULL,
+    PRIMARY KEY (run_id, position)
+);
+CREATE TABLE run_manifests (
+    run_id          TEXT PRIMARY KEY REFERENCES runs(run_id),
+    statement_json  TEXT NOT NULL,
+    updated_at      TEXT NOT NULL
+);
+CREATE TRIGGER manifest_entries_never_deleted BEFORE DELETE ON manifest_entries
+BEGIN
+    SELECT RAISE(ABORT, 'run manifest entries are never deleted');
+END;
+CREATE TRIGGER manifest_entries_never_changed BEFORE UPDATE ON manifest_entries
+BEGIN
+    SELECT RAISE(ABORT, 'run manifest entries are never changed');
+END;
+CREATE TRIGGER run_manifests_never_deleted BEFORE DELETE ON run_manifests
+BEGIN
+    SELECT RAISE(ABORT, 'run manifests are never deleted');
+END;
+"""
+
+
 #: version -> the script that brings the version before it up to it.
 _MIGRATIONS: dict[int, str] = {
     2: _BENCH_SCHEMA, 3: _PILOT_SCHEMA, 4: _LOCK_SCHEMA, 5: _JOBSPEC_SCHEMA, 6: _COMPARE_SCHEMA,
+    7: _MANIFEST_SCHEMA,
 }  # fmt: skip
 
 
@@ -209,6 +243,7 @@ CREATE INDEX events_run ON events(run_id, event_id);
 {_LOCK_SCHEMA}
 {_JOBSPEC_SCHEMA}
 {_COMPARE_SCHEMA}
+{_MANIFEST_SCHEMA}
 INSERT INTO schema_version (version, created_at) VALUES ({SCHEMA_VERSION}, '{{now}}');
 """
 

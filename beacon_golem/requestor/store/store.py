@@ -16,6 +16,10 @@ transaction (a new table, nothing else touched); a read-only open of one reads n
 Schema 3 adds the compatibility pilot (`beacon pilot`): `runs.kind` ('suite', or 'pilot' for a
 run without jobs or suite) and, on `nodes`, the node's probe report (`probe_json`), or why there
 is none (`probe_error`), and when it was asked for (`probed_at`). The migration only adds columns.
+
+Schema 7 adds the run manifest (`requestor.store.manifest`): `record_result(...,
+manifest_signer=...)` adds the result's entry and signs the run's statement again in the same
+transaction as the result.
 """
 
 from __future__ import annotations
@@ -48,17 +52,21 @@ from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import Node
 from beacon_golem.core.profiles import Profile
 from beacon_golem.core.suite import PlannedJob, Suite
+from beacon_golem.requestor.store.manifest import ManifestSigner, chain, entry_hash, genesis, sign_statement
 from beacon_golem.requestor.store.rows import (
     JOB_STATES,
     BenchResultRow,
     BenchWhere,
     EventRow,
     JobRow,
+    ManifestEntryRow,
     NodeRow,
     RawResultRow,
+    RawRunRow,
     ResultRow,
     RunJobState,
     RunLockRow,
+    RunManifestRow,
     RunRow,
     RunStatus,
     TrialRow,
@@ -537,11 +545,14 @@ class Store:
         started_at: datetime,
         ended_at: datetime,
         receipt: dict[str, Any] | BaseModel | None,
+        manifest_signer: ManifestSigner | None = None,
     ) -> bool:
         """Store a job's answer and mark it done, exactly once.
 
         Returns False, changing nothing, when the job already has a result. A result is
         accepted from any state (a late answer for a released or failed job still counts).
+        With `manifest_signer`, the run's manifest gets the result's entry and is signed again,
+        in the same transaction (`requestor.store.manifest`).
         """
         if isinstance(receipt, BaseModel):
             receipt = receipt.model_dump(mode="json")
@@ -551,20 +562,67 @@ class Store:
             if conn.execute("SELECT 1 FROM results WHERE job_id = ?", (job_id,)).fetchone():
                 return False
             now = to_ts(utcnow())
+            row = (job_id, job["run_id"], node_id, result.text, result.model_dump_json(), to_ts(started_at),
+                   to_ts(ended_at), receipt_json)  # fmt: skip
             try:
                 conn.execute(
                     "INSERT INTO results (job_id, run_id, node_id, text, result_json, started_at, ended_at,"
                     " receipt_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (job_id, job["run_id"], node_id, result.text, result.model_dump_json(), to_ts(started_at),
-                     to_ts(ended_at), receipt_json, now),
-                )  # fmt: skip
+                    (*row, now),
+                )
             except sqlite3.IntegrityError:
                 return False
             conn.execute(
                 "UPDATE jobs SET state = 'done', node_id = ?, error = NULL, updated_at = ? WHERE job_id = ?",
                 (node_id, now, job_id),
             )
+            if manifest_signer is not None:
+                self._extend_manifest(conn, job["run_id"], job_id, manifest_signer, now)
         return True
+
+    _RESULT_ROW = "job_id, run_id, node_id, text, result_json, started_at, ended_at, receipt_json"
+
+    def _extend_manifest(
+        self, conn: sqlite3.Connection, run_id: str, job_id: str, signer: ManifestSigner, now: str
+    ) -> None:
+        """Add the result of `job_id` (just stored) to the run's manifest and sign it again.
+
+        A run whose results were stored before it had a manifest (a run resumed across versions)
+        first takes those in, in the order they were stored (`adopted` in the statement)."""
+        held = conn.execute("SELECT statement_json FROM run_manifests WHERE run_id = ?", (run_id,)).fetchone()
+        adopted = 0
+        if held is not None:
+            try:
+                statement = json.loads(held[0])
+                count, digest = int(statement["count"]), str(statement["digest"])
+                adopted = int(statement.get("adopted", 0))
+            except (ValueError, TypeError, KeyError):
+                raise self._fail(f"the manifest of run {run_id} is not readable: no result can be added") from None
+            rows = conn.execute(f"SELECT {self._RESULT_ROW} FROM results WHERE job_id = ?", (job_id,)).fetchall()
+        else:
+            count, digest = 0, genesis(run_id)
+            rows = conn.execute(
+                f"SELECT {self._RESULT_ROW} FROM results r WHERE r.run_id = ? AND NOT EXISTS"
+                " (SELECT 1 FROM manifest_entries e WHERE e.job_id = r.job_id)"
+                " ORDER BY (r.job_id = ?), r.result_id",
+                (run_id, job_id),
+            ).fetchall()
+            adopted = len(rows) - 1
+        for r in rows:
+            entry = entry_hash(*(r[k] for k in range(8)))
+            count += 1
+            digest = chain(digest, count, r["job_id"], entry)
+            conn.execute(
+                "INSERT INTO manifest_entries (run_id, position, job_id, entry_hash) VALUES (?, ?, ?, ?)",
+                (run_id, count, r["job_id"], entry),
+            )
+        statement = sign_statement(signer, run_id, count, digest, now, adopted)
+        conn.execute(
+            "INSERT INTO run_manifests (run_id, statement_json, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (run_id) DO UPDATE SET statement_json = excluded.statement_json,"
+            " updated_at = excluded.updated_at",
+            (run_id, to_json_text(statement), now),
+        )
 
     def release_job(self, job_id: str, reason: str) -> bool:
         """running -> pending (to be tried again), keeping `reason` as the job's last error."""
@@ -637,14 +695,56 @@ class Store:
     def raw_results(self, run_id: str) -> list[RawResultRow]:
         """Every result and every job marked done, exactly as stored, in plan order."""
         rows = self._query(
-            "SELECT j.job_id, j.run_id, j.seq, j.job_key, j.question_id, j.model, j.region,"
-            " j.state AS job_state, j.spec_json, r.result_id IS NOT NULL AS has_result, r.node_id, r.text,"
-            " r.result_json, r.started_at, r.ended_at, r.receipt_json"
+            "SELECT j.job_id, j.run_id, j.seq, j.job_key, j.question_id, j.category, j.model, j.runtime, j.region,"
+            " j.repetition, j.state AS job_state, j.spec_json, r.result_id IS NOT NULL AS has_result, r.node_id,"
+            " r.text, r.result_json, r.started_at, r.ended_at, r.receipt_json"
             " FROM jobs j LEFT JOIN results r ON r.job_id = j.job_id"
             " WHERE j.run_id = ? AND (r.result_id IS NOT NULL OR j.state = 'done') ORDER BY j.seq",
             (run_id,),
         )
         return [RawResultRow.model_validate({k: r[k] for k in r.keys()}) for r in rows]
+
+    def raw_run(self, run_id: str) -> RawRunRow:
+        """The run's suite columns exactly as stored."""
+        rows = self._query("SELECT * FROM runs WHERE run_id = ?", (run_id,))
+        if not rows:
+            raise UsageError(f"no run '{run_id}' in {self.path}")
+        row = rows[0]
+        return RawRunRow.model_validate({k: row[k] for k in ("run_id", "suite_name", "suite_hash", "suite_json")}
+                                        | {"kind": row["kind"] if "kind" in row.keys() else "suite"})  # fmt: skip
+
+    def has_manifests(self) -> bool:
+        """Whether the file keeps run manifests (schema 7; an older file opened read-only does not)."""
+        return self._has_table("run_manifests")
+
+    def run_manifest(self, run_id: str) -> RunManifestRow | None:
+        """The run's manifest as stored: None when it has none (or the file is older than schema 7)."""
+        if not self.has_manifests():
+            return None
+        rows = self._query("SELECT run_id, statement_json, updated_at FROM run_manifests WHERE run_id = ?", (run_id,))
+        entries = [
+            ManifestEntryRow(position=e["position"], job_id=e["job_id"], entry_hash=e["entry_hash"])
+            for e in self._query(
+                "SELECT position, job_id, entry_hash FROM manifest_entries WHERE run_id = ? ORDER BY position",
+                (run_id,),
+            )
+        ]
+        if not rows:
+            if not entries:
+                return None
+            return RunManifestRow(run_id=run_id, statement_json="", updated_at="", entries=entries)
+        return RunManifestRow(run_id=run_id, statement_json=rows[0]["statement_json"], updated_at=rows[0]["updated_at"],
+                              entries=entries)  # fmt: skip
+
+    def job_labels(self, run_id: str) -> dict[str, tuple[int, str, str, str]]:
+        """job id -> (seq, question_id, model, region) as stored, for every job of the run (no spec parsed)."""
+        rows = self._query("SELECT job_id, seq, question_id, model, region FROM jobs WHERE run_id = ?", (run_id,))
+        return {r["job_id"]: (r["seq"], r["question_id"], r["model"], r["region"]) for r in rows}
+
+    def raw_result_rows(self, run_id: str) -> dict[str, str]:
+        """job id -> the manifest entry hash of its stored result row, for every result of the run."""
+        rows = self._query(f"SELECT {self._RESULT_ROW} FROM results WHERE run_id = ?", (run_id,))
+        return {r["job_id"]: entry_hash(*(r[k] for k in range(8))) for r in rows}
 
     # -- nodes ---------------------------------------------------------------------------
 

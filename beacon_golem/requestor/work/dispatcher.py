@@ -78,6 +78,8 @@ class RunProgress(BaseModel):
         return self.done + self.failed
 
 
+#: Signs a result's receipt. One with a `manifest_signer` (`receipts.ReceiptIssuer`) also has the run's
+#: manifest signed again with each result it stores (`Store.record_result`).
 Receipts = Callable[[JobRow, Node, GenerationResult, datetime, datetime], dict[str, Any] | None]
 
 
@@ -328,7 +330,8 @@ class Dispatcher:
             result = await state.client.infer(job.request)
             ended = datetime.now(UTC)
             receipt = self.receipts(job, node, result, started, ended) if self.receipts else None
-            recorded = self.store.record_result(job.job_id, node.node_id, result, started, ended, receipt)
+            manifest = getattr(self.receipts, "manifest_signer", None)
+            recorded = self.store.record_result(job.job_id, node.node_id, result, started, ended, receipt, manifest)
         except ShimError as exc:
             if exc.status in (400, 404, 413, 422):  # the request itself is wrong: retrying won't help
                 self._fail(job, str(exc), node.node_id)

@@ -27,7 +27,10 @@ percentiles (linear interpolation) of the gaps between streamed output chunks of
 (null when it streamed fewer than two chunks).
 
 The signing key is kept in the data directory (`keys/receipt-ed25519.pem`, created 0600
-on first use).
+on first use). It also signs each run's manifest (`requestor.store.manifest`), extended with every
+result the dispatcher stores. `verify_run` checks a run against all of it: each result against its
+receipt, each job row against its signed spec, the stored suite against the suite hash the specs
+name, and the manifest against the results stored (a result deleted, added or changed is named).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -65,10 +68,11 @@ from beacon_golem.core.beacon import (
 from beacon_golem.core.canonical import canonical_json, sha256_hex
 from beacon_golem.core.clock import to_ts, utcnow
 from beacon_golem.core.config import load_settings
-from beacon_golem.core.errors import BeaconError
+from beacon_golem.core.errors import BeaconError, UsageError
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import NodeInfo
-from beacon_golem.requestor.store.rows import JobRow
+from beacon_golem.requestor.store import manifest as run_manifest
+from beacon_golem.requestor.store.rows import JobRow, RawResultRow, RawRunRow, job_id_for
 from beacon_golem.requestor.store.store import Store
 
 RECEIPT_VERSION = "1.0"
@@ -295,8 +299,12 @@ def build_beacon_receipt(
     jobspec_id: str | None = None,
     benchmark_hash: str | None = None,
     created_at: datetime | None = None,
+    in_manifest: bool = False,
 ) -> BeaconReceipt:
-    """One stored result as Beacon's Receipt v0.1.0, everything this project records inside it."""
+    """One stored result as Beacon's Receipt v0.1.0, everything this project records inside it.
+
+    `in_manifest`: the result is stored with the run's signed manifest (what the dispatcher does):
+    the receipt says so (`output.metadata.run_manifest`), so a manifest removed later is seen."""
     info = node.info if node is not None else None
     metrics = result_metrics(result)
     provider_id = _provider_id(node, node_id)
@@ -326,6 +334,8 @@ def build_beacon_receipt(
         "result_hash": result_hash(result),
         "job_spec_hash": spec_hash(job.spec),
     }
+    if in_manifest:
+        metadata["run_manifest"] = run_manifest.MANIFEST_FORMAT
     provider_info: dict[str, Any] = {
         "id": provider_id,
         "name": node.provider_name if node is not None else None,
@@ -422,6 +432,10 @@ class ReceiptSigner:
         receipt = build_receipt(job, node, node_id, result, started_at, ended_at, cost_estimate=cost_estimate)
         return self.sign(receipt, result)
 
+    def sign_bytes(self, data: bytes) -> str:
+        """A base64 Ed25519 signature of `data` (what signs a run manifest)."""
+        return _b64(self._key.sign(data))
+
     def sign_beacon(self, receipt: BeaconReceipt) -> dict[str, Any]:
         """A Beacon receipt signed as Beacon's `Receipt.Sign` does."""
         return sign_receipt(receipt, self._key)
@@ -438,11 +452,14 @@ class ReceiptSigner:
         jobspec_id: str | None = None,
         benchmark_hash: str | None = None,
         created_at: datetime | None = None,
+        in_manifest: bool = False,
     ) -> dict[str, Any]:
-        """Build and sign the Beacon receipt of one result: what the dispatcher passes to record_result."""
+        """Build and sign the Beacon receipt of one result: what the dispatcher passes to record_result
+        (`in_manifest`: stored with this signer as the run manifest's, `record_result(...,
+        manifest_signer=signer)`)."""
         receipt = build_beacon_receipt(
             job, node, node_id, result, started_at, ended_at,
-            jobspec_id=jobspec_id, benchmark_hash=benchmark_hash, created_at=created_at,
+            jobspec_id=jobspec_id, benchmark_hash=benchmark_hash, created_at=created_at, in_manifest=in_manifest,
         )  # fmt: skip
         return self.sign_beacon(receipt)
 
@@ -478,6 +495,42 @@ def read_public_key(value: str) -> str:
     except ValueError:
         raise BeaconError(f"{value}: not an Ed25519 public key (base64 of 32 bytes, or a key file)") from None
     return _b64(raw_key)
+
+
+#: Keys `beacon verify` trusts besides this machine's, when none is named: one a line.
+TRUST_FILENAME = "trusted-receipt-keys"
+
+
+def default_trust_path() -> Path:
+    return load_settings().data_dir / "keys" / TRUST_FILENAME
+
+
+def read_trust_file(path: str | Path) -> list[str]:
+    """Trusted receipt keys from a file: one base64 key a line (`#` comments and blank lines skipped),
+    or Beacon's trusted-keys JSON list (the keys whose entry is trusted now)."""
+    from beacon_golem.core.suite import read_text_file
+    from beacon_golem.requestor.work.jobspec_signature import evaluate_trust, load_trust_list
+
+    path = Path(path)
+    text = read_text_file(path)
+    if text.lstrip().startswith("["):
+        entries = load_trust_list(path)
+        keys = [e.public_key for e in entries if evaluate_trust(entries, e.public_key)[0] == "trusted"]
+    else:
+        keys = []
+        for n, line in enumerate(text.splitlines(), 1):
+            value = line.split("#", 1)[0].strip()
+            if not value:
+                continue
+            try:
+                raw_key = base64.b64decode(value, validate=True)
+                Ed25519PublicKey.from_public_bytes(raw_key)
+            except ValueError:
+                raise UsageError(f"{path}: line {n}: not an Ed25519 public key (base64 of 32 bytes)") from None
+            keys.append(_b64(raw_key))
+    if not keys:
+        raise UsageError(f"{path}: no trusted keys in it")
+    return list(dict.fromkeys(keys))
 
 
 # ---------------------------------------------------------------------------------------
@@ -674,39 +727,199 @@ def verify_beacon_receipt(
 class VerifyReport(BaseModel):
     run_id: str
     checked: int
-    #: One line per altered item: `<job_id> (<question>/<model>/<region>): <what>`.
+    #: One line per altered item: `<job_id> (<question>/<model>/<region>): <what>`, or `run <id>: <what>`.
     problems: list[str]
     public_keys: list[str]
+    #: What verify cannot vouch for without it being a fault (a run stored before manifests were kept).
+    warnings: list[str] = []
+    #: Results the run's signed manifest lists; None when the run has no manifest.
+    manifest_count: int | None = None
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+#: Job columns that `diff`, export and reports show, and the key of the signed job spec each must equal.
+JOB_SPEC_FIELDS = (
+    ("job_key", "key"), ("question_id", "question_id"), ("category", "category"), ("model", "model"),
+    ("runtime", "runtime"), ("region", "region"), ("repetition", "repetition"),
+)  # fmt: skip
+
+
+def _label(job_id: str, question_id: str, model: str, region: str) -> str:
+    return f"{job_id} ({question_id}/{model}/{region})"
+
+
+def _job_against_spec(row: RawResultRow, run: RawRunRow) -> tuple[list[str], str | None]:
+    """The job row's columns against its stored spec (which the receipt's job_spec_hash signs), and
+    the suite hash that spec names."""
+    problems: list[str] = []
+    try:
+        spec = json.loads(row.spec_json)
+    except ValueError:
+        return problems, None  # the receipt check says the spec is not valid JSON
+    if not isinstance(spec, dict):
+        return problems, None
+    for column, key in JOB_SPEC_FIELDS:
+        if key in spec and spec[key] != getattr(row, column):
+            problems.append(f"{column}: the job row says {getattr(row, column)!r}, its signed spec says {spec[key]!r}")
+    if row.job_id != job_id_for(row.run_id, row.seq):
+        problems.append(f"seq: the job row says {row.seq}, which is not job {row.job_id} of run {row.run_id}")
+    if row.has_result and row.job_state != "done":
+        problems.append(f"state: the job row says {row.job_state!r}, but its result is stored "
+                        "(a stored result marks its job done)")  # fmt: skip
+    suite_hash = spec.get("suite_hash") if isinstance(spec.get("suite_hash"), str) else None
+    if suite_hash is not None and suite_hash != run.suite_hash:
+        problems.append(f"suite_hash: the run says {run.suite_hash}, the job's signed spec says {suite_hash}")
+    return problems, suite_hash
+
+
+def _suite_against_signed(run: RawRunRow, signed: set[str]) -> list[str]:
+    """The stored suite (what diff and reports show: the questions' text, the models, the regions)
+    against the suite hash the signed job specs name."""
+    if run.kind != "suite" or not signed:
+        return []
+    where = f"run {run.run_id}"
+    try:
+        suite = json.loads(run.suite_json)
+        actual = sha256_hex(canonical_json(suite))
+    except ValueError:
+        return [f"{where}: suite_json is not valid JSON: the stored suite is not the one the answers were signed for"]
+    problems: list[str] = []
+    if actual not in signed:
+        problems.append(f"{where}: suite_json hashes to {actual}, not to the suite hash the signed job specs name "
+                        f"({', '.join(sorted(signed))}): the stored suite (questions, models, settings) was changed")  # fmt: skip
+    name = suite.get("name") if isinstance(suite, dict) else None
+    if name is not None and name != run.suite_name:
+        problems.append(f"{where}: suite_name: the run says {run.suite_name!r}, the stored suite says {name!r}")
+    return problems
+
+
+def _receipt_in_manifest(envelope: Any) -> bool:
+    return _get(envelope, "output", "metadata", "run_manifest") == run_manifest.MANIFEST_FORMAT
+
+
+def _verify_statement(statement_json: str, run_id: str, trusted: list[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """The signed statement of a run manifest: its shape, its signature, its signer."""
+    try:
+        statement = json.loads(statement_json)
+    except ValueError:
+        return ["its signed statement is not valid JSON"], {}
+    if not isinstance(statement, dict) or statement.get("format") != run_manifest.MANIFEST_FORMAT:
+        return [f"its statement is not a {run_manifest.MANIFEST_FORMAT} statement"], {}
+    problems: list[str] = []
+    try:
+        pub = Ed25519PublicKey.from_public_bytes(base64.b64decode(str(statement.get("public_key")), validate=True))
+        signature = base64.b64decode(str(statement.get("signature")), validate=True)
+        pub.verify(signature, run_manifest.signed_bytes(statement))
+    except (InvalidSignature, ValueError):
+        problems.append("signature invalid: the manifest was altered after signing (or signed by another key)")
+    else:
+        if trusted is not None and statement["public_key"] not in set(trusted):
+            problems.append(f"public_key: not a trusted key (signed by {statement['public_key']})")
+    if statement.get("run_id") != run_id:
+        problems.append(f"it is the manifest of run {statement.get('run_id')!r}")
+    if not isinstance(statement.get("count"), int) or not isinstance(statement.get("digest"), str):
+        problems.append("its statement has no count or digest")
+    return problems, statement
+
+
+def verify_manifest(
+    store: Store, run_id: str, rows: list[RawResultRow], trusted: list[str] | None, already: set[str]
+) -> tuple[list[str], list[str], int | None, str | None]:
+    """The run's signed manifest against the stored results: (problems, warnings, count listed, signer).
+
+    `already`: jobs whose result already has a problem (a changed row is not named twice)."""
+    manifest = store.run_manifest(run_id)
+    where = f"run {run_id}"
+    flagged = sum(1 for r in rows if r.receipt_json is not None and _receipt_in_manifest(_loads(r.receipt_json)))
+    if manifest is None:
+        if flagged:
+            return ([f"{where}: no run manifest, but {flagged} signed receipt{'s' if flagged != 1 else ''} say their "
+                     "result is listed in one: the manifest was removed"], [], None, None)  # fmt: skip
+        if any(r.has_result for r in rows):
+            return [], [f"{where}: no run manifest (its results were stored before manifests were kept): "
+                        "deleted results cannot be detected"], None, None  # fmt: skip
+        return [], [], None, None
+    problems: list[str] = []
+    statement: dict[str, Any] = {}
+    if not manifest.statement_json:
+        problems.append(f"{where}: run manifest: its entries are stored but its signed statement is missing")
+    else:
+        found, statement = _verify_statement(manifest.statement_json, run_id, trusted)
+        problems += [f"{where}: run manifest: {p}" for p in found]
+    digest = run_manifest.genesis(run_id)
+    for n, entry in enumerate(manifest.entries, 1):
+        digest = run_manifest.chain(digest, n, entry.job_id, entry.entry_hash)
+    count = statement.get("count")
+    if statement and isinstance(count, int):
+        if count != len(manifest.entries):
+            problems.append(f"{where}: run manifest: signed for {count} results, {len(manifest.entries)} entries stored "
+                            "(entries were removed or added)")  # fmt: skip
+        elif digest != statement.get("digest") or any(e.position != n for n, e in enumerate(manifest.entries, 1)):
+            problems.append(f"{where}: run manifest: the stored entries do not match the signed digest "
+                            "(an entry was removed, added or changed)")  # fmt: skip
+    jobs = store.job_labels(run_id)
+
+    def label(job_id: str) -> str:
+        j = jobs.get(job_id)
+        return _label(job_id, *j[1:]) if j is not None else job_id
+
+    stored = store.raw_result_rows(run_id)
+    listed = {e.job_id: e for e in manifest.entries}
+    for e in manifest.entries:
+        if e.job_id not in stored:
+            problems.append(f"{label(e.job_id)}: result missing: listed in the signed run manifest "
+                            f"(result {e.position}) but not stored (it was deleted)")  # fmt: skip
+        elif stored[e.job_id] != e.entry_hash and e.job_id not in already:
+            problems.append(f"{label(e.job_id)}: the stored result differs from the one the signed run manifest lists")
+    for job_id in sorted(set(stored) - set(listed), key=lambda j: jobs[j][0] if j in jobs else 0):
+        problems.append(f"{label(job_id)}: result not listed in the signed run manifest (stored by hand, or after it)")
+    signer = statement.get("public_key") if isinstance(statement.get("public_key"), str) else None
+    return problems, [], count if isinstance(count, int) else None, signer
+
+
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def verify_run(store: Store, run_id: str, *, trusted_keys: Iterable[str] | None = None) -> VerifyReport:
-    """Check every stored result of a run against its receipt and the stored job spec."""
+    """Check a run: every stored result against its receipt; the job rows, the stored suite and the run
+    against what the receipts sign (the job specs, the suite hash they name); and the run's signed
+    manifest against the results stored (a result deleted, added or changed after it landed)."""
     store.get_run(run_id)
+    run = store.raw_run(run_id)
     trusted = list(trusted_keys) if trusted_keys is not None else None
     problems: list[str] = []
     keys: list[str] = []
+    signed_suites: set[str] = set()
+    faulty: set[str] = set()
     rows = store.raw_results(run_id)
     for row in rows:
-        label = f"{row.job_id} ({row.question_id}/{row.model}/{row.region})"
+        label = _label(row.job_id, row.question_id, row.model, row.region)
+        before = len(problems)
         if not row.has_result:
             problems.append(f"{label}: job marked done but no result is stored")
+            faulty.add(row.job_id)
             continue
         if row.receipt_json is None:
             problems.append(f"{label}: no receipt stored for this result")
+            faulty.add(row.job_id)
             continue
         try:
             envelope = json.loads(row.receipt_json)
         except ValueError:
             problems.append(f"{label}: receipt is not valid JSON")
+            faulty.add(row.job_id)
             continue
         if isinstance(envelope, dict) and isinstance(envelope.get("public_key"), str):
             if envelope["public_key"] not in keys:
                 keys.append(envelope["public_key"])
-        for problem in verify_receipt(
+        receipt_problems = verify_receipt(
             envelope,
             row.text,
             trusted_keys=trusted,
@@ -716,15 +929,45 @@ def verify_run(store: Store, run_id: str, *, trusted_keys: Iterable[str] | None 
             node_id=row.node_id,
             started_at=row.started_at,
             ended_at=row.ended_at,
-        ):
-            problems.append(f"{label}: {problem}")
-    return VerifyReport(run_id=run_id, checked=len(rows), problems=problems, public_keys=keys)
+        )
+        job_problems, suite_hash = _job_against_spec(row, run)
+        run_id_signed = _get(envelope, "output", "metadata", "run_id")
+        if is_beacon_receipt(envelope) and run_id_signed is not None and run_id_signed != row.run_id:
+            job_problems.append(f"run_id: the job row says {row.run_id!r}, its receipt says {run_id_signed!r}")
+        problems += [f"{label}: {p}" for p in receipt_problems + job_problems]
+        if not receipt_problems and suite_hash is not None:
+            signed_suites.add(suite_hash)
+        if len(problems) > before:
+            faulty.add(row.job_id)
+    problems += _suite_against_signed(run, signed_suites)
+    found, warnings, count, signer = verify_manifest(store, run_id, rows, trusted, faulty)
+    problems += found
+    if signer is not None and signer not in keys:
+        keys.append(signer)
+    return VerifyReport(run_id=run_id, checked=len(rows), problems=problems, public_keys=keys, warnings=warnings,
+                        manifest_count=count)  # fmt: skip
 
 
-def receipt_issuer(
-    data_dir: str | Path | None = None, run: Any = None
-) -> Callable[[JobRow, Any, GenerationResult, datetime, datetime], dict[str, Any]]:
-    """A callable for the dispatcher: (job, node, result, started_at, ended_at) -> signed envelope.
+class ReceiptIssuer:
+    """What the dispatcher signs with: called as (job, node, result, started_at, ended_at) -> the
+    signed receipt; `manifest_signer` is what it passes to `Store.record_result` so the run's
+    manifest is signed again with each result (the receipts say they are in it)."""
+
+    def __init__(self, signer: ReceiptSigner, jobspec_id: str | None = None, benchmark_hash: str | None = None) -> None:
+        self.signer = signer
+        self.manifest_signer: run_manifest.ManifestSigner = signer
+        self.jobspec_id = jobspec_id
+        self.benchmark_hash = benchmark_hash
+
+    def __call__(
+        self, job: JobRow, node: Any, result: GenerationResult, started_at: datetime, ended_at: datetime
+    ) -> dict[str, Any]:
+        return self.signer.sign_result(job, node, node.node_id, result, started_at, ended_at, jobspec_id=self.jobspec_id,
+                                       benchmark_hash=self.benchmark_hash, in_manifest=True)  # fmt: skip
+
+
+def receipt_issuer(data_dir: str | Path | None = None, run: Any = None) -> ReceiptIssuer:
+    """A callable for the dispatcher: (job, node, result, started_at, ended_at) -> signed receipt.
 
     The key is `<data_dir>/keys/receipt-ed25519.pem` (default: the configured data
     directory), created 0600 on first use. A run imported from a Beacon JobSpec gives its
@@ -735,9 +978,4 @@ def receipt_issuer(
     jobspec = getattr(run, "jobspec", None)
     jobspec_id = jobspec.jobspec_id if jobspec is not None else None
     benchmark_hash = jobspec.benchmark_hash if jobspec is not None else None
-
-    def issue(job: JobRow, node: Any, result: GenerationResult, started_at: datetime, ended_at: datetime) -> dict[str, Any]:
-        return signer.sign_result(job, node, node.node_id, result, started_at, ended_at,
-                                  jobspec_id=jobspec_id, benchmark_hash=benchmark_hash)  # fmt: skip
-
-    return issue
+    return ReceiptIssuer(signer, jobspec_id, benchmark_hash)

@@ -403,7 +403,7 @@ def test_a_schema_2_file_migrates_to_3_and_on_keeping_every_row(tmp_path: Path) 
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest_before
 
     with Store(path) as s:
-        assert s.schema_version() == SCHEMA_VERSION == 6
+        assert s.schema_version() == SCHEMA_VERSION == 7
         assert s.get_run(run.run_id).suite == suite and s.nodes(run.run_id)[0].extra == {"glm_spent": 0.1}
         pilot = s.create_pilot_run({"kind": "local"})
         s.upsert_node(pilot.run_id, Node(node_id="local-0", url="http://y", info=nodes[1].info))
@@ -415,4 +415,4 @@ def test_a_schema_2_file_migrates_to_3_and_on_keeping_every_row(tmp_path: Path) 
     after = dump()
     assert kept({t: after[t][: len(before[t])] for t in tables}, before) == before
     assert query(path, "SELECT kind FROM runs ORDER BY rowid") == [("suite",), ("pilot",)]
-    assert query(path, "SELECT version FROM schema_version ORDER BY version") == [(2,), (3,), (4,), (5,), (6,)]
+    assert query(path, "SELECT version FROM schema_version ORDER BY version") == [(2,), (3,), (4,), (5,), (6,), (7,)]

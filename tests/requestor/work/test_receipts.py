@@ -285,9 +285,11 @@ def test_receipt_issuer_for_the_dispatcher(tmp_path: Path) -> None:
         assert env["schema_version"] == "v0.1.0" and env["jobspec_id"] == run.run_id  # a suite run: no JobSpec id
         assert env["execution_details"]["provider_id"] == "local:local-1" and env["execution_details"]["region"] == "US"
         assert env["provenance"]["provider_info"]["hardware"]["gpu"] is None
-        assert store.record_result(job.job_id, "local-1", result, T0, T0 + timedelta(seconds=1), env)
+        assert env["output"]["metadata"]["run_manifest"] == "beacon-golem/run-manifest/v1"  # stored with the manifest
+        manifest = issue.manifest_signer
+        assert store.record_result(job.job_id, "local-1", result, T0, T0 + timedelta(seconds=1), env, manifest)
         report = verify_run(store, run.run_id, trusted_keys=[local_public_key(tmp_path / "data" / "keys" / "receipt-ed25519.pem")])  # type: ignore[list-item]
-        assert report.ok and report.checked == 1
+        assert report.ok and report.checked == 1 and report.manifest_count == 1
 
 
 def test_read_public_key_forms(signer: ReceiptSigner, tmp_path: Path) -> None:
