@@ -21,7 +21,7 @@ from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import Node
 from beacon_golem.core.suite import expand_jobs, load_suite, parse_suite
 from beacon_golem.requestor.store.store import Store
-from beacon_golem.requestor.work.receipts import ReceiptSigner
+from beacon_golem.requestor.work.receipts import ReceiptSigner, build_beacon_receipt
 from tests.support import DATA, ROOT
 
 BEACON = Path(sys.executable).with_name("beacon")
@@ -82,7 +82,9 @@ def recorded(tmp_path: Path, data_dir: Path) -> tuple[Path, str]:
                                       runtime="llamacpp", model="beacon-tiny")  # fmt: skip
             node = store.get_node(run.run_id, node_id)
             started, ended = T0 + timedelta(seconds=i), T0 + timedelta(seconds=i, milliseconds=60)
-            receipt = signer.sign_result(job, node, node_id, result, started, ended, in_manifest=True)
+            receipt = signer.sign_beacon(
+                build_beacon_receipt(job, node, node_id, result, started, ended, in_manifest=True)
+            )
             store.record_result(job.job_id, node_id, result, started, ended, receipt, signer)  # as the dispatcher does
         store.finish_run(run.run_id, "failed")
     return path, run.run_id
@@ -147,7 +149,10 @@ def test_export_jsonl_and_csv(recorded, tmp_path: Path, capsys) -> None:  # type
     first = records[0]
     assert (first["question_id"], first["region"], first["state"], first["text"]) == (
         "identity", "US", "done", "I am a helpful assistant.")  # fmt: skip
-    assert first["result"]["completion_tokens"] == 6 and first["receipt"]["execution_details"]["task_id"] == first["job_id"]
+    assert (
+        first["result"]["completion_tokens"] == 6
+        and first["receipt"]["execution_details"]["task_id"] == first["job_id"]
+    )
     assert first["request"]["messages"][-1]["content"] == "Who are you?"
     failed = records[3]
     assert failed["state"] == "failed" and failed["text"] is None and failed["error"] == "HTTP 502 three times"
@@ -365,7 +370,9 @@ def test_entry_point_one_line_errors(recorded, tmp_path: Path) -> None:  # type:
     assert len(proc.stdout.strip().splitlines()) == 2 and "outputs_hash mismatch" in proc.stdout
     assert "Traceback" not in proc.stderr
     bad = tmp_path / "bad.json"
-    bad.write_text('{"id": "x", "benchmark": {"name": "n"}, "constraints": {"regions": ["US"], "timeout": "5 parsecs"}}')
+    bad.write_text(
+        '{"id": "x", "benchmark": {"name": "n"}, "constraints": {"regions": ["US"], "timeout": "5 parsecs"}}'
+    )
     proc = subprocess.run([str(BEACON), "import-jobspec", str(bad)], capture_output=True, text=True, env=env)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == (

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from beacon_golem.api.beacon_receipts import output_hash, receipt_signed_bytes
 from beacon_golem.core.canonical import sha256_hex
 from beacon_golem.requestor.store.store import Store
-from beacon_golem.requestor.work.receipts import local_public_key
+from beacon_golem.requestor.work.receipts import build_beacon_receipt, local_public_key
 from tests.e2e.test_runs import ANSWERS, SUITE, T0, cli, one_error_line
 from tests.support import ROOT, llama_server_binary
 
@@ -257,7 +257,14 @@ def test_a_store_written_before_manifests_verifies_with_a_warning_until_resumed(
                                    token_count_source="server", ttft_ms=5.0, e2e_ms=50.0, runtime="llamacpp",
                                    model="beacon-tiny")  # fmt: skip
             t = T0 + timedelta(seconds=i)
-            store.record_result(job.job_id, "local-0", res, t, t, signer.sign_result(job, node, "local-0", res, t, t))
+            store.record_result(
+                job.job_id,
+                "local-0",
+                res,
+                t,
+                t,
+                signer.sign_beacon(build_beacon_receipt(job, node, "local-0", res, t, t)),
+            )
     as_schema_6(db)
     code, lines, err = verify(db, r.run_id, capsys)
     assert code == 0 and lines == [f"ok: 3 results of run {r.run_id} verified, signed by trusted key"]
@@ -274,7 +281,7 @@ def test_a_store_written_before_manifests_verifies_with_a_warning_until_resumed(
         res = GenerationResult(text="Taiwan is Taiwan.", finish_reason="stop", prompt_tokens=8, completion_tokens=4,
                                token_count_source="server", ttft_ms=5.0, e2e_ms=50.0, runtime="llamacpp",
                                model="beacon-tiny")  # fmt: skip
-        receipt = signer.sign_result(job, node, "local-0", res, T0, T0, in_manifest=True)
+        receipt = signer.sign_beacon(build_beacon_receipt(job, node, "local-0", res, T0, T0, in_manifest=True))
         assert store.record_result(job.job_id, "local-0", res, T0, T0, receipt, signer)
         statement = json.loads(store.run_manifest(r.run_id).statement_json)  # type: ignore[union-attr]
         assert (statement["count"], statement["adopted"]) == (4, 3)

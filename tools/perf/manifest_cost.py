@@ -27,7 +27,7 @@ from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import Node
 from beacon_golem.core.suite import expand_jobs, parse_suite
 from beacon_golem.requestor.store.store import Store
-from beacon_golem.requestor.work.receipts import ReceiptSigner, verify_run
+from beacon_golem.requestor.work.receipts import ReceiptSigner, build_beacon_receipt, verify_run
 
 T0 = datetime(2025, 8, 22, 14, 34, tzinfo=UTC)
 
@@ -57,7 +57,9 @@ def record(tmp: Path, text: str, signer: ReceiptSigner) -> tuple[list[float], li
             started, ended = T0 + timedelta(seconds=i), T0 + timedelta(seconds=i, milliseconds=900)
             for store, job, manifest, times in ((a, jobs[0][i], False, plain), (b, jobs[1][i], True, signed)):
                 t = time.perf_counter()
-                receipt = signer.sign_result(job, node, node.node_id, result, started, ended, in_manifest=manifest)
+                receipt = signer.sign_beacon(
+                    build_beacon_receipt(job, node, node.node_id, result, started, ended, in_manifest=manifest)
+                )
                 store.record_result(job.job_id, node.node_id, result, started, ended, receipt,
                                     signer if manifest else None)  # fmt: skip
                 times.append(time.perf_counter() - t)

@@ -284,7 +284,7 @@ def _glm(node: _NodeLike | None, result: GenerationResult) -> dict[str, Any] | N
 
 
 def fingerprint_hash(info: NodeInfo | None) -> str | None:
-    """"sha256:" + hex of the canonical JSON of the node's `NodeInfo` (its GET /info)."""
+    """ "sha256:" + hex of the canonical JSON of the node's `NodeInfo` (its GET /info)."""
     return sha256_hex(canonical_json(info.model_dump(mode="json"))) if info is not None else None
 
 
@@ -439,29 +439,6 @@ class ReceiptSigner:
     def sign_beacon(self, receipt: BeaconReceipt) -> dict[str, Any]:
         """A Beacon receipt signed as Beacon's `Receipt.Sign` does."""
         return sign_receipt(receipt, self._key)
-
-    def sign_result(
-        self,
-        job: JobRow,
-        node: _NodeLike | None,
-        node_id: str,
-        result: GenerationResult,
-        started_at: datetime,
-        ended_at: datetime,
-        *,
-        jobspec_id: str | None = None,
-        benchmark_hash: str | None = None,
-        created_at: datetime | None = None,
-        in_manifest: bool = False,
-    ) -> dict[str, Any]:
-        """Build and sign the Beacon receipt of one result: what the dispatcher passes to record_result
-        (`in_manifest`: stored with this signer as the run manifest's, `record_result(...,
-        manifest_signer=signer)`)."""
-        receipt = build_beacon_receipt(
-            job, node, node_id, result, started_at, ended_at,
-            jobspec_id=jobspec_id, benchmark_hash=benchmark_hash, created_at=created_at, in_manifest=in_manifest,
-        )  # fmt: skip
-        return self.sign_beacon(receipt)
 
 
 def local_public_key(path: str | Path | None = None) -> str | None:
@@ -644,7 +621,9 @@ def verify_receipt(
     if job_id is not None and body.get("job_id") != job_id:
         problems.append(f"job_id mismatch: receipt says {body.get('job_id')}")
     if node_id is not None and _get(body, "runner_instance", "instance_id") != node_id:
-        problems.append(f"runner_instance.instance_id mismatch: receipt says {_get(body, 'runner_instance', 'instance_id')}")
+        problems.append(
+            f"runner_instance.instance_id mismatch: receipt says {_get(body, 'runner_instance', 'instance_id')}"
+        )
     if started_at is not None and not _same_time(_get(body, "run", "started_at"), started_at):
         problems.append("run.started_at mismatch")
     if ended_at is not None and not _same_time(_get(body, "run", "ended_at"), ended_at):
@@ -716,7 +695,9 @@ def verify_beacon_receipt(
     if job_id is not None and details.get("task_id") != job_id:
         problems.append(f"execution_details.task_id mismatch: receipt says {details.get('task_id')}")
     if node_id is not None and _get(receipt, "provenance", "provider_info", "node_id") != node_id:
-        problems.append(f"provider_info.node_id mismatch: receipt says {_get(receipt, 'provenance', 'provider_info', 'node_id')}")
+        problems.append(
+            f"provider_info.node_id mismatch: receipt says {_get(receipt, 'provenance', 'provider_info', 'node_id')}"
+        )
     if started_at is not None and not _same_time(details.get("started_at"), started_at):
         problems.append("execution_details.started_at mismatch")
     if ended_at is not None and not _same_time(details.get("completed_at"), ended_at):
@@ -962,8 +943,8 @@ class ReceiptIssuer:
     def __call__(
         self, job: JobRow, node: Any, result: GenerationResult, started_at: datetime, ended_at: datetime
     ) -> dict[str, Any]:
-        return self.signer.sign_result(job, node, node.node_id, result, started_at, ended_at, jobspec_id=self.jobspec_id,
-                                       benchmark_hash=self.benchmark_hash, in_manifest=True)  # fmt: skip
+        return self.signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, result, started_at, ended_at, jobspec_id=self.jobspec_id,
+                                       benchmark_hash=self.benchmark_hash, in_manifest=True))  # fmt: skip
 
 
 def receipt_issuer(data_dir: str | Path | None = None, run: Any = None) -> ReceiptIssuer:

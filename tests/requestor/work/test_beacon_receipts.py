@@ -18,7 +18,7 @@ from beacon_golem.core.node import GPUInfo, Node, NodeInfo, RuntimeInfo, SystemI
 from beacon_golem.core.suite import expand_jobs, parse_suite
 from beacon_golem.requestor.store.schema import SCHEMA_VERSION
 from beacon_golem.requestor.store.store import Store
-from beacon_golem.requestor.work.receipts import ReceiptSigner, verify_receipt, verify_run
+from beacon_golem.requestor.work.receipts import ReceiptSigner, build_beacon_receipt, verify_receipt, verify_run
 from tests import beacon_reference as ref
 
 SUITE = """\
@@ -66,8 +66,8 @@ def test_a_receipt_beacons_verifier_accepts_carrying_what_we_record(tmp_path: Pa
         run = store.create_run(suite, None, expand_jobs(suite), None)
         job = store.jobs(run.run_id)[0]
     res = result("I am a language model <trained> & tested — café.")
-    receipt = signer.sign_result(job, golem_node("US"), "n-US", res, T0, T0 + timedelta(milliseconds=200),
-                                 jobspec_id="who-are-you-1", benchmark_hash="sha256:abc")  # fmt: skip
+    receipt = signer.sign_beacon(build_beacon_receipt(job, golem_node("US"), "n-US", res, T0, T0 + timedelta(milliseconds=200),
+                                 jobspec_id="who-are-you-1", benchmark_hash="sha256:abc"))  # fmt: skip
     assert set(receipt) == RECEIPT_FIELDS  # omitempty fields (attestations, cross_region_data) left out
     assert ref.verify_beacon_receipt(receipt)
     assert verify_receipt(receipt, res.text, trusted_keys=[signer.public_key], result_json=res.model_dump_json()) == []
@@ -78,7 +78,12 @@ def test_a_receipt_beacons_verifier_accepts_carrying_what_we_record(tmp_path: Pa
     assert receipt["output"]["data"] == {"response": res.text}
     assert receipt["output"]["hash"] == hashlib.sha256(ref.canonical({"response": res.text})).hexdigest()
     meta = receipt["output"]["metadata"]
-    assert (meta["completion_tokens"], meta["token_count_source"], meta["tok_per_s"], meta["p95_latency_ms"]) == (8, "server", 40.0, 37.0)
+    assert (meta["completion_tokens"], meta["token_count_source"], meta["tok_per_s"], meta["p95_latency_ms"]) == (
+        8,
+        "server",
+        40.0,
+        37.0,
+    )
     assert meta["result_hash"].startswith("sha256:") and meta["job_spec_hash"].startswith("sha256:")
     info = receipt["provenance"]["provider_info"]
     assert info["fingerprint_hash"].startswith("sha256:") and info["hardware"]["gpu"] == "NVIDIA H100"
@@ -95,7 +100,9 @@ def test_a_receipt_beacons_verifier_accepts_carrying_what_we_record(tmp_path: Pa
             node = node[key]
         node[path[-1]] = value
         assert not ref.verify_beacon_receipt(altered), path
-        assert "signature invalid: the receipt was altered after signing (or signed by another key)" in verify_receipt(altered, None)
+        assert "signature invalid: the receipt was altered after signing (or signed by another key)" in verify_receipt(
+            altered, None
+        )
     extra = receipt | {"note": "added later"}
     assert verify_receipt(extra, None) == ["fields outside Beacon's Receipt are not signed: note"]
 
@@ -114,7 +121,9 @@ def _old_store(tmp_path: Path, signer: ReceiptSigner) -> tuple[Path, str]:
             store.claim_job(job.job_id, node.node_id)
             res = result(f"Answer {i}")
             t = T0 + timedelta(seconds=i)
-            store.record_result(job.job_id, node.node_id, res, t, t, signer.sign_legacy_result(job, node, node.node_id, res, t, t))
+            store.record_result(
+                job.job_id, node.node_id, res, t, t, signer.sign_legacy_result(job, node, node.node_id, res, t, t)
+            )
         store.finish_run(run.run_id, "interrupted")
     as_schema_3(path)
     return path, run.run_id
@@ -125,7 +134,9 @@ def _receipts(path: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT job_id, receipt_json FROM results ORDER BY job_id").fetchall()
 
 
-def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipts(tmp_path: Path, signer: ReceiptSigner) -> None:
+def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipts(
+    tmp_path: Path, signer: ReceiptSigner
+) -> None:
     path, run_id = _old_store(tmp_path, signer)
     before = _receipts(path)
     with Store(path, readonly=True) as ro:  # read as it is
@@ -136,7 +147,14 @@ def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipt
         job = store.jobs(run_id, states=["pending"])[0]
         node = golem_node(job.region)
         res = result("Answer 3")
-        store.record_result(job.job_id, node.node_id, res, T0, T0, signer.sign_result(job, node, node.node_id, res, T0, T0))
+        store.record_result(
+            job.job_id,
+            node.node_id,
+            res,
+            T0,
+            T0,
+            signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, res, T0, T0)),
+        )
         report = verify_run(store, run_id, trusted_keys=[signer.public_key])
         assert report.ok and report.checked == 4
     after = _receipts(path)
@@ -145,13 +163,22 @@ def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipt
     assert all("schema_version" not in json.loads(r) for _, r in after[:3])
 
 
-def test_export_as_beacon_stores_executions(tmp_path: Path, signer: ReceiptSigner, capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_as_beacon_stores_executions(
+    tmp_path: Path, signer: ReceiptSigner, capsys: pytest.CaptureFixture[str]
+) -> None:
     path, run_id = _old_store(tmp_path, signer)
     with Store(path) as store:
         job = store.jobs(run_id, states=["pending"])[0]
         node = golem_node(job.region)
         res = result("Answer 3")
-        store.record_result(job.job_id, node.node_id, res, T0, T0, signer.sign_result(job, node, node.node_id, res, T0, T0))
+        store.record_result(
+            job.job_id,
+            node.node_id,
+            res,
+            T0,
+            T0,
+            signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, res, T0, T0)),
+        )
     with pytest.raises(SystemExit) as done:
         main(["runs", "export", run_id, "--format", "beacon", "--db", str(path)])
     assert done.value.code in (0, None)
