@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -27,6 +27,7 @@ from beacon_golem.core.log import get_logger
 from beacon_golem.core.node import Node
 from beacon_golem.core.suite import Limits
 from beacon_golem.requestor.fleets.base import Fleet, FleetEvent
+from beacon_golem.requestor.store.manifest import ManifestSigner
 from beacon_golem.requestor.store.rows import JobRow
 from beacon_golem.requestor.store.store import Store
 
@@ -78,9 +79,15 @@ class RunProgress(BaseModel):
         return self.done + self.failed
 
 
-#: Signs a result's receipt. One with a `manifest_signer` (`receipts.ReceiptIssuer`) also has the run's
-#: manifest signed again with each result it stores (`Store.record_result`).
-Receipts = Callable[[JobRow, Node, GenerationResult, datetime, datetime], dict[str, Any] | None]
+class Receipts(Protocol):
+    """Signs each result's receipt (`receipts.ReceiptIssuer`); its `manifest_signer` signs the
+    run's manifest again with each result stored (`Store.record_result`)."""
+
+    manifest_signer: ManifestSigner | None
+
+    def __call__(
+        self, job: JobRow, node: Node, result: GenerationResult, started_at: datetime, ended_at: datetime
+    ) -> dict[str, Any] | None: ...
 
 
 @dataclass
@@ -330,7 +337,7 @@ class Dispatcher:
             result = await state.client.infer(job.request)
             ended = datetime.now(UTC)
             receipt = self.receipts(job, node, result, started, ended) if self.receipts else None
-            manifest = getattr(self.receipts, "manifest_signer", None)
+            manifest = self.receipts.manifest_signer if self.receipts else None
             recorded = self.store.record_result(job.job_id, node.node_id, result, started, ended, receipt, manifest)
         except ShimError as exc:
             if exc.status in (400, 404, 413, 422):  # the request itself is wrong: retrying won't help
