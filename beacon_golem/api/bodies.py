@@ -23,6 +23,9 @@ class Health(BaseModel):
     runtime: str
     models: list[str] = Field(default_factory=list)
     reason: str | None = None
+    #: Seconds the runtime switch under way (POST /runtime) has lasted; None when none is. A 503
+    #: with it set is a node changing runtime, not a broken one (watchers bound how long it may take).
+    switching_s: float | None = None
 
 
 

@@ -29,7 +29,7 @@ from beacon_golem.core.metrics import SLO
 from beacon_golem.core.profiles import PROFILE_KINDS, OverloadPolicy
 from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.core.suite import PerfSection
-from beacon_golem.reports.comparison import comparison_json, machine_rows
+from beacon_golem.reports.comparison import comparison_json, machine_notes, machine_rows
 from beacon_golem.requestor.fleets.static import StaticNodeSpec
 from beacon_golem.requestor.store.comparison import Comparison, comparison_from_store
 from beacon_golem.requestor.store.rows import RunRow
@@ -97,8 +97,9 @@ def machine_table(comparison: Comparison) -> list[Table]:
                 _fmt(r["cold_start_s"], 2), _fmt(r["model_load_s"], 2), _fmt(r["glm_per_mtok"], 4),
                 ("RECOMMENDED: " if r["recommended"] else "") + r["reason"],
             )  # fmt: skip
-        if m.notes:
-            table.caption = "; ".join(m.notes)
+        notes = machine_notes(m)
+        if notes:
+            table.caption = "; ".join(notes)
         tables.append(table)
     return tables
 
@@ -214,7 +215,7 @@ def compare(
     golem = golem_options(budget=budget, max_price_glm_per_hour=max_price_glm_per_hour, image=image, image_hash=image_hash,
                           label_regions=kind == "golem")  # fmt: skip
     choice = FleetChoice(kind=kind, nodes=nodes or 1, node_urls=node or [], parallel=parallel, regions=regions, golem=golem)
-    if kind == "golem":
+    if kind == "golem" and len({v.runtime for v in variants}) > 1:
         err.print("[yellow]note:[/] on Golem each runtime after the first needs an image that holds it "
                   "(docs/images.md, one image for a comparison)")  # fmt: skip
 

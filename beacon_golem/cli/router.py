@@ -11,10 +11,10 @@ from beacon_golem.api.server import ServerBounds
 from beacon_golem.api.server import serve as serve_app
 from beacon_golem.cli import app
 from beacon_golem.cli.jobspec_options import ModelMap
-from beacon_golem.requestor.work.beacon_import import load_model_map
 from beacon_golem.core.config import install_event_loop, load_settings
 from beacon_golem.core.errors import UsageError
 from beacon_golem.requestor.gateway.gateway import REGION_HEADER, create_router_app
+from beacon_golem.requestor.work.beacon_import import load_model_map
 from beacon_golem.requestor.work.driver import FleetChoice, build_fleet
 
 out = Console(soft_wrap=True)

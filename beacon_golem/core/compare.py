@@ -32,6 +32,26 @@ RuntimeKind = Literal["llamacpp", "ollama", "dmr", "vllm"]
 RUNTIME_KINDS: tuple[str, ...] = ("llamacpp", "ollama", "dmr", "vllm")
 #: The runtime a provider gets when no comparison says better (Beacon's plan: Ollama as the fallback).
 FALLBACK_RUNTIME = "ollama"
+
+
+def machine_gpu(gpu_names: list[str], extra: dict[str, object]) -> str | None:
+    """A machine's GPU as one key (`NVIDIA L4`, `2x NVIDIA H100`): as the node reports it, else as
+    its Golem offer says (`extra.gpu`: the devices of GAP-35, in a VM that sees no GPU itself)."""
+    names = list(gpu_names)
+    if not names:
+        gpu = extra.get("gpu")
+        devices = gpu.get("devices") if isinstance(gpu, dict) else None
+        for device in devices if isinstance(devices, list) else []:
+            if isinstance(device, dict) and device.get("model"):
+                quantity = device.get("quantity")
+                names += [str(device["model"])] * (quantity if isinstance(quantity, int) and quantity > 0 else 1)
+        if not names and isinstance(gpu, dict) and gpu.get("model"):
+            names = [str(gpu["model"])]
+    if not names:
+        return None
+    return names[0] if len(names) == 1 else f"{len(names)}x {names[0]}"
+
+
 #: Weight formats each runtime loads: GGUF for the llama.cpp family, safetensors for vLLM.
 WEIGHT_FORMAT = {"llamacpp": "gguf", "ollama": "gguf", "dmr": "gguf", "vllm": "safetensors"}
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=+-]*$")
@@ -342,6 +362,11 @@ def recommend(trials: list[TrialFigures], slo: SLO | None = None, share: float =
             reason = (f"highest output throughput {meets}: {tput}; no price known, and on one machine the fastest "
                       "runtime is the cheapest per token")  # fmt: skip
             score = win_step.output_throughput
+        unmeasured = [t.variant for t in trials if t.status == "lost"]
+        if unmeasured:  # the winner of what was measured; what the lost provider never ran is no contender
+            reason += (
+                f"; among the runtimes measured before the provider was lost (not measured: {', '.join(unmeasured)})"
+            )
         verdicts[win.variant] = Verdict(machine=win.machine, variant=win.variant, runtime=win.runtime,
                                         recommended=True, reason=reason, score=score)  # fmt: skip
         for t, step in ranked[1:]:

@@ -275,27 +275,35 @@ class LocalNode(StartStop):
             raise BeaconError("the node is not started")
         async with self._switching:
             model = self.resolve_model(request.runtime, request.model)  # a bad model: refused, nothing stopped
-            shim.not_serving = f"switching runtime to {request.runtime}"
-            begun = time.perf_counter()
+            shim.switch_began = time.monotonic()  # /health says `switching_s` until the switch ends
+            try:
+                return await self._switch(shim, request, model)
+            finally:
+                shim.switch_began = None
+
+    async def _switch(self, shim: Shim, request: RuntimeSwitch, model: str) -> StartupTimes:
+        """The switch itself, under the lock: stop, (drop the page cache), launch, wait until it serves."""
+        shim.not_serving = f"switching runtime to {request.runtime}"
+        begun = time.perf_counter()
+        await self._stop_runtime()
+        stopped = round(time.perf_counter() - begun, 4)
+        page = drop_page_cache() if request.drop_page_cache else None
+        try:
+            launched = await self._launch(request.runtime, model, request.settings)
+        except BeaconError as exc:
+            shim.not_serving = f"no runtime: starting {request.runtime} failed: {exc}"
+            raise
+        shim.use_runtime(request.runtime, launched.url, launched.launch_settings)
+        shim.not_serving = None
+        try:
+            times = await self.wait_ready(shim, launched, request.ready_timeout_s)
+        except BeaconError as exc:
+            shim.not_serving = f"no runtime: {request.runtime} did not start: {exc}"
             await self._stop_runtime()
-            stopped = round(time.perf_counter() - begun, 4)
-            page = drop_page_cache() if request.drop_page_cache else None
-            try:
-                launched = await self._launch(request.runtime, model, request.settings)
-            except BeaconError as exc:
-                shim.not_serving = f"no runtime: starting {request.runtime} failed: {exc}"
-                raise
-            shim.use_runtime(request.runtime, launched.url, launched.launch_settings)
-            shim.not_serving = None
-            try:
-                times = await self.wait_ready(shim, launched, request.ready_timeout_s)
-            except BeaconError as exc:
-                shim.not_serving = f"no runtime: {request.runtime} did not start: {exc}"
-                await self._stop_runtime()
-                raise
-            times.stopped_previous_s, times.page_cache = stopped, page
-            shim.startup = times
-            return times
+            raise
+        times.stopped_previous_s, times.page_cache = stopped, page
+        shim.startup = times
+        return times
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -346,6 +354,9 @@ class LocalNode(StartStop):
             code = await process.wait()
             if process is self.process and not self._switching.locked():
                 return code
+            # A switch stopped it and has not replaced it yet: wait() of an ended process returns at
+            # once without yielding, so look again later (else this loop starves the switch itself).
+            await asyncio.sleep(0.1)
 
 
 async def serve_node(config: NodeConfig, on_ready: Any = None) -> None:

@@ -29,6 +29,23 @@ def _r(value: float | None, digits: int = 3) -> float | None:
     return round(value, digits) if value is not None else None
 
 
+def incomplete(m: MachineComparison) -> str | None:
+    """Why this machine's comparison is incomplete (its provider lost mid-way), or None when it is not."""
+    lost = [v.trial for v in m.trials if v.trial.status == "lost"]
+    if not lost:
+        return None
+    return (
+        f"incomplete: the provider was lost mid-comparison ({lost[0].reason or 'no reason given'}); "
+        f"{', '.join(t.variant for t in lost)} not measured on it, and no other machine's figures stand in for them"
+    )
+
+
+def machine_notes(m: MachineComparison) -> list[str]:
+    """What to say above a machine's figures: whether its comparison is incomplete, where the weights differ."""
+    first = incomplete(m)
+    return ([first] if first else []) + list(m.notes)
+
+
 def runtime_entry(view: TrialView, comparison: Comparison) -> dict[str, Any]:
     """One runtime on one machine with exactly the fields of JSON_FIELDS."""
     f, plan = view.figures, comparison.plan
@@ -47,10 +64,11 @@ def runtime_entry(view: TrialView, comparison: Comparison) -> dict[str, Any]:
 
 
 def comparison_json(comparison: Comparison) -> dict[str, Any]:
-    """`{"run_id", "nodes": [{"node", "provider", "gpu", "recommended", "runtimes": [...]}]}`."""
+    """`{"run_id", "nodes": [{"node", "provider", "gpu", "recommended", "incomplete", "runtimes": [...]}]}`
+    (`incomplete`: why, when the provider was lost mid-comparison; else null)."""
     nodes = [
         {"node": m.machine, "provider": m.provider, "gpu": m.gpu, "recommended": m.recommended,
-         "runtimes": [runtime_entry(v, comparison) for v in m.trials]}
+         "incomplete": incomplete(m), "runtimes": [runtime_entry(v, comparison) for v in m.trials]}
         for m in comparison.machines
     ]  # fmt: skip
     return {"run_id": comparison.run_id, "nodes": nodes}
@@ -182,7 +200,7 @@ def machine_html(m: MachineComparison, comparison: Comparison, index: int, width
     price = next((r for r in rows if r["glm_per_hour"] is not None), None)
     price_text = (f"{price['glm_per_hour']:.4g} GLM/h ({'the agreement' if price['price_source'] == 'agreement' else 'given'})"
                   if price else "no price known (local or static node without --glm-per-hour)")  # fmt: skip
-    notes = "".join(f"<li>{_e(n)}</li>" for n in m.notes)
+    notes = "".join(f"<li>{_e(n)}</li>" for n in machine_notes(m))
     rec = m.recommended
     head = (
         f'<h3 id="compare-{index}">{_e(m.machine)}'
@@ -233,7 +251,7 @@ def comparison_markdown(comparison: Comparison | None) -> list[str]:
     lines = ["", "## Runtime comparison", ""]
     for m in comparison.machines:
         lines += [f"### {md_cell(m.machine)} ({md_cell(m.gpu or 'no GPU')}): recommended {md_cell(m.recommended or 'none')}", ""]
-        lines += [n for n in (f"- {md_cell(x)}" for x in m.notes)]
+        lines += [n for n in (f"- {md_cell(x)}" for x in machine_notes(m))]
         lines += [f"| Runtime | Status | Best tok/s | TTFT p50 c=1 ms | tok/s c={c} | Cold start s | GLM / 1M tokens | Verdict |",
                   "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
         for r in machine_rows(m, comparison):

@@ -445,12 +445,15 @@ class Activities:
         activity.fault_anchor = activity.loop.time()
         provider_id = activity.agreement.provider.provider_id
         settings = self.faults.settings
-        if self.faults.hits(Fault.VM_DIES, provider_id, f"VM dies {settings.vm_dies_after_s:g}s into its run"):
-            self._spawn(self._after_anchor(activity, settings.vm_dies_after_s, lambda: self._die(activity)))
-        detail = f"provider ends the agreement {settings.provider_terminates_after_s:g}s into its run"
-        if self.faults.hits(Fault.PROVIDER_TERMINATES, provider_id, detail):
+        dies_after = settings.vm_dies_after_requests
+        when = f"{dies_after} requests" if dies_after else f"{settings.vm_dies_after_s:g}s"
+        if self.faults.hits(Fault.VM_DIES, provider_id, f"VM dies {when} into its run"):
+            self._spawn(self._after(activity, settings.vm_dies_after_s, dies_after, lambda: self._die(activity)))
+        ends_after = settings.provider_terminates_after_requests
+        when = f"{ends_after} requests" if ends_after else f"{settings.provider_terminates_after_s:g}s"
+        if self.faults.hits(Fault.PROVIDER_TERMINATES, provider_id, f"provider ends the agreement {when} into its run"):
             delay = settings.provider_terminates_after_s
-            self._spawn(self._after_anchor(activity, delay, lambda: self._terminate(activity)))
+            self._spawn(self._after(activity, delay, ends_after, lambda: self._terminate(activity)))
 
     async def _die(self, activity: Activity) -> None:
         await self.kill_vm(activity, "the VM process was killed (sandbox fault vm-dies)")
@@ -459,14 +462,21 @@ class Activities:
         reason = "Provider ended the agreement (sandbox fault provider-terminates)"
         await self.market.end(activity.agreement, "Provider", reason)
 
-    async def _after_anchor(self, activity: Activity, delay: float, action: Callable[[], Awaitable[None]]) -> None:
-        """Run `action` `delay` s after the activity's fault anchor (which may move once, to the VPN)."""
-        while True:
-            assert activity.fault_anchor is not None
-            wait = activity.fault_anchor + delay - activity.loop.time()
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
+    async def _after(
+        self, activity: Activity, delay: float, requests: int | None, action: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run `action` once the VM has been sent `requests` HTTP requests over the VPN, or, without
+        a count, `delay` s after the activity's fault anchor (which may move once, to the VPN)."""
+        if requests is not None:
+            while activity.record.vpn_requests < requests and not activity.ended:
+                await asyncio.sleep(0.02)
+        else:
+            while True:
+                assert activity.fault_anchor is not None
+                wait = activity.fault_anchor + delay - activity.loop.time()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
         if not activity.ended:
             await action()
 

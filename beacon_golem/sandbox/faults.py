@@ -6,10 +6,13 @@ every run whatever the requestor rents; from then on that provider keeps failing
 a broken provider does. Each firing is written to the records (`faults`).
 
 - `vm-dies`: one provider's VM dies abruptly `vm_dies_after_s` after its first VPN connection
-  (after its `start` command when nothing connects): the activity turns Terminated, connections drop.
+  (after its `start` command when nothing connects), or, with `vm_dies_after_requests`, once its
+  VM has been sent that many HTTP requests over the VPN (a point in the run's progress, whatever
+  the machine's speed): the activity turns Terminated, connections drop.
 - `provider-terminates`: one provider ends the agreement `provider_terminates_after_s` after its
-  first VPN connection (or `start`); its activity ends, it sends its invoice. yapapi 0.13 never
-  polls agreement events, so the requestor learns of it only from the activity.
+  first VPN connection (or `start`), or after `provider_terminates_after_requests` requests; its
+  activity ends, it sends its invoice. yapapi 0.13 never polls agreement events, so the requestor
+  learns of it only from the activity.
 - `deploy-fails`: one provider's `deploy` command fails.
 - `activity-fails`: one provider refuses to create activities (POST /activity answers 500).
 - `vpn-flaky`: each provider's first `vpn_flaky_failures` VPN connections are refused.
@@ -59,7 +62,11 @@ class FaultSettings(BaseModel):
     """How hard each fault hits (the defaults suit a rehearsal; tests shorten them)."""
 
     vm_dies_after_s: float = Field(default=20.0, ge=0)
+    #: When set, vm-dies fires after this many HTTP requests reached the VM (instead of the clock).
+    vm_dies_after_requests: int | None = Field(default=None, ge=1)
     provider_terminates_after_s: float = Field(default=20.0, ge=0)
+    #: When set, provider-terminates fires after this many HTTP requests reached the VM.
+    provider_terminates_after_requests: int | None = Field(default=None, ge=1)
     vpn_flaky_failures: int = Field(default=2, ge=1)
     slow_deploy_s: float = Field(default=1800.0, ge=0)
     late_invoice_delay_s: float = Field(default=45.0, ge=0)

@@ -200,11 +200,14 @@ class Networks:
         async def to_tcp() -> None:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
-                    writer.write(msg.data)
+                    data = msg.data
                 elif msg.type == WSMsgType.TEXT:
-                    writer.write(msg.data.encode())
+                    data = msg.data.encode()
                 else:
                     return
+                # request lines (a JSON body escapes CR LF): what request-counted faults count
+                activity.record.vpn_requests += data.count(b" HTTP/1.1\r\n")
+                writer.write(data)
                 await writer.drain()
 
         pumps = [asyncio.ensure_future(to_ws()), asyncio.ensure_future(to_tcp())]

@@ -66,6 +66,8 @@ class ActivityRecord(BaseModel):
     reason: str | None = None
     commands: list[CommandRecord] = Field(default_factory=list)
     vpn_connections: int = 0
+    #: HTTP requests sent to the VM over the VPN (request lines seen by the bridge).
+    vpn_requests: int = 0
     vpn_refused: int = 0
 
 

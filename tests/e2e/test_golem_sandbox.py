@@ -35,11 +35,13 @@ from tests.e2e.golem_sandbox import (
 from tests.sandbox.vm_fixtures import namespaces, tiny_model_file  # noqa: F401  (fixtures)
 from tests.support import ROOT, unclosed_sessions
 
-#: Enough work that both nodes are still busy when the fault hits, 5 s after a node's first VPN
-#: connection (vm-dies, provider-terminates): 200 jobs, at 6 to 15 jobs/s for two nodes here (the
-#: per-request path, tunnel and receipt included, not the tokens, sets the pace). One region: any
-#: node takes any job, so the dead node's jobs can finish on the other one.
-LONG = {"questions": 4, "repetitions": 50, "max_tokens": 256, "regions": ["US"]}
+#: Work for two nodes on one region (any node takes any job, so the dead node's jobs can finish on
+#: the other one), and the point where vm-dies and provider-terminates hit: once the victim's VM has
+#: been sent `FAULT_AT_REQUESTS` HTTP requests (its first contact, health checks and about ten
+#: jobs), so that the fault lands mid-run whatever the machine's speed (a clock did not: a fast
+#: machine finished first, a loaded one took minutes).
+LONG = {"questions": 4, "repetitions": 16, "max_tokens": 64, "regions": ["US"]}
+FAULT_AT_REQUESTS = 12
 
 
 @pytest.fixture(autouse=True)
@@ -106,7 +108,7 @@ async def test_a_vm_dying_mid_run_its_jobs_finish_elsewhere_and_it_is_replaced_o
     golem_sandbox: StartSandbox,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    sandbox = await golem_sandbox(providers=3, faults=[Fault.VM_DIES])
+    sandbox = await golem_sandbox(providers=3, faults=[Fault.VM_DIES], vm_dies_after_requests=FAULT_AT_REQUESTS)
     outcome = await run_on_sandbox(sandbox, write_suite(tmp_path / "suite.yaml", **LONG), nodes=2)
 
     victim = outcome.victim(Fault.VM_DIES)
@@ -125,7 +127,9 @@ async def test_a_provider_ending_the_agreement_is_noticed_and_replaced(
     golem_sandbox: StartSandbox,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    sandbox = await golem_sandbox(providers=3, faults=[Fault.PROVIDER_TERMINATES])
+    sandbox = await golem_sandbox(
+        providers=3, faults=[Fault.PROVIDER_TERMINATES], provider_terminates_after_requests=FAULT_AT_REQUESTS
+    )
     outcome = await run_on_sandbox(sandbox, write_suite(tmp_path / "suite.yaml", **LONG), nodes=2)
 
     victim = outcome.victim(Fault.PROVIDER_TERMINATES)

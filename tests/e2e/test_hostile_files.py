@@ -116,7 +116,9 @@ def test_a_suite_that_is_a_fifo_or_dev_zero_or_too_large_is_refused_without_read
         fh.truncate(MAX_INPUT_FILE_BYTES + 1)  # sparse: no disk used
     for path, needle in ((fifo, "FIFO"), (zero, "device"), (big, "bytes, more than")):
         done: list[tuple[int, str, str]] = []
-        worker = threading.Thread(target=lambda p=path: done.append(cli(["runs", "plan", str(p)], capsys)), daemon=True)
+        worker = threading.Thread(
+            target=lambda p=path, out=done: out.append(cli(["runs", "plan", str(p)], capsys)), daemon=True
+        )
         worker.start()
         worker.join(10)
         assert done, f"{path} hung"
@@ -124,7 +126,7 @@ def test_a_suite_that_is_a_fifo_or_dev_zero_or_too_large_is_refused_without_read
         assert code == 2 and needle in one_error_line(err)
 
 
-def test_a_stored_suite_that_does_not_read_breaks_no_other_run(recorded, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_a_stored_suite_that_does_not_read_breaks_no_other_run(recorded, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
     """What an older version stored for `job_timeout_s: .inf` (null): every command still works."""
     path, good = recorded
     conn = sqlite3.connect(path)

@@ -103,6 +103,45 @@ async def test_a_node_switches_llamacpp_settings_frees_the_old_process_and_times
         assert node.process.pid == pid
 
 
+@pytest.mark.timeout(60)  # a switch that starves the node's event loop would hang here
+async def test_health_says_how_long_a_switch_has_lasted_and_a_watched_node_finishes_it(tmp_path: Path) -> None:
+    """/health gives `switching_s` for the whole switch, and `wait_exit` (what `beacon node up` runs
+    beside the shim) waits out the switch's stopped runtime instead of spinning on it."""
+    llama_server_binary()
+    async with LocalNode(NodeConfig(port=0, data_dir=tmp_path / "node")) as node, ShimClient(node.url) as client:
+        assert (await client.health()).switching_s is None
+        watch = asyncio.create_task(node.wait_exit())
+        seen = []
+
+        async def poll() -> None:
+            while True:
+                seen.append(await client.health())
+                await asyncio.sleep(0.005)
+
+        poller = asyncio.create_task(poll())
+        try:
+            info = await client.switch_runtime(RuntimeSwitch(runtime="llamacpp", settings=RuntimeSettings(parallel=2)))
+        finally:
+            poller.cancel()
+            await asyncio.gather(poller, return_exceptions=True)
+        assert info.runtime.launch == {"parallel": 2}
+        during = [h for h in seen if h.switching_s is not None]
+        assert any(h.status == "unavailable" for h in during), seen
+        assert all(h.switching_s >= 0 for h in during)  # type: ignore[operator]
+        assert [h.switching_s for h in during] == sorted(h.switching_s for h in during)  # type: ignore[type-var]
+        after = await client.health()
+        assert after.status == "ok" and after.switching_s is None
+        assert not watch.done()  # the runtime it stopped was the switch's, not a crash
+        # A switch that fails ends too: the node serves nothing, and says no switch is under way.
+        bad = RuntimeSwitch(runtime="llamacpp", settings=RuntimeSettings(extra_args=["--no-such-flag"]))
+        with pytest.raises(ShimError):
+            await client.switch_runtime(bad)
+        failed = await client.health()
+        assert failed.status == "unavailable" and failed.switching_s is None and not watch.done()
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+
+
 async def test_a_node_that_fronts_a_runtime_it_did_not_launch_cannot_switch(tmp_path: Path, llama_server: str) -> None:
     async with serve_app(create_app(ShimConfig(runtime="llamacpp", upstream=llama_server, data_dir=tmp_path))) as url:
         async with ShimClient(url) as client:

@@ -46,7 +46,8 @@ async def test_health_is_503_until_the_model_is_loaded_then_200(tmp_path: Path, 
                     break
                 await asyncio.sleep(0.05)
             assert seen[0] == 503 and seen[-1] == 200
-            assert body == {"status": "ok", "runtime": "llamacpp", "models": ["beacon-tiny"], "reason": None}
+            assert body == {"status": "ok", "runtime": "llamacpp", "models": ["beacon-tiny"], "reason": None,
+                            "switching_s": None}  # fmt: skip
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)

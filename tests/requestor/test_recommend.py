@@ -24,6 +24,7 @@ from beacon_golem.core.compare import (
     StepFigure,
     TrialFigures,
     like_for_like,
+    machine_gpu,
     recommend,
     winners_by_load,
 )
@@ -76,6 +77,8 @@ def test_the_cheapest_runtime_meeting_the_slos_wins_and_every_other_says_why_it_
     assert win.score == pytest.approx(1.0)
     assert win.reason.startswith("lowest GLM per million output tokens meeting the suite's SLOs: 1 GLM/Mtok")
     assert "500.0 output tok/s at c=4" in win.reason
+    # vllm:fp8's provider was lost before it ran: the winner says it won among what was measured.
+    assert win.reason.endswith("; among the runtimes measured before the provider was lost (not measured: vllm:fp8)")
     assert verdicts["vllm"].reason.startswith("did not start: vllm exited with code 1")
     assert "the probe said it cannot run here: VRAM 6.0 GiB: too little" in verdicts["vllm"].reason
     assert verdicts["dmr"].reason.startswith("too slow for the suite's SLOs (TTFT <= 500 ms; a step needs 90%")
@@ -257,3 +260,13 @@ def test_trials_are_never_deleted_and_a_second_record_replaces_the_first(tmp_pat
         assert store.earlier_trials(provider_id="0xnone") == []
     with sqlite3.connect(db) as conn, pytest.raises(sqlite3.DatabaseError, match="never deleted"):
         conn.execute("DELETE FROM runtime_trials")
+
+
+def test_a_machines_gpu_is_what_the_node_reports_else_what_its_golem_offer_says() -> None:
+    offer = {"gpu": {"devices": [{"model": "NVIDIA H100 PCIe", "quantity": 2}], "layout": "multi"}}
+    assert machine_gpu(["NVIDIA L4"], offer) == "NVIDIA L4"  # the node's own view wins
+    assert machine_gpu(["NVIDIA A30", "NVIDIA A30"], {}) == "2x NVIDIA A30"
+    assert machine_gpu([], offer) == "2x NVIDIA H100 PCIe"  # a VM that sees no GPU: the offer's devices
+    assert machine_gpu([], {"gpu": {"devices": [{"model": "NVIDIA A100-SXM4-80GB"}]}}) == "NVIDIA A100-SXM4-80GB"
+    assert machine_gpu([], {"gpu": {"model": "NVIDIA L4"}}) == "NVIDIA L4"
+    assert machine_gpu([], {}) is None and machine_gpu([], {"gpu": "?"}) is None

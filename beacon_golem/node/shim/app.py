@@ -113,6 +113,9 @@ class Shim:
         self.switcher: RuntimeSwitcher | None = None
         #: Why the node serves nothing right now (a switch under way, or one that failed).
         self.not_serving: str | None = None
+        #: When (time.monotonic()) the runtime switch under way began, set by the launcher for the
+        #: whole switch (stop, launch, model load); None when none is. /health gives its age.
+        self.switch_began: float | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
     async def start(self, _: web.Application) -> None:
@@ -322,11 +325,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
 async def health(request: web.Request) -> web.Response:
     shim = request.app[SHIM]
     status = await shim.health_status()
+    began = shim.switch_began
     body = Health(
         status="ok" if status.ready else "unavailable",
         runtime=shim.runtime.name,
         models=status.models,
         reason=status.reason,
+        switching_s=round(time.monotonic() - began, 1) if began is not None else None,
     )
     return json_response(body, 200 if status.ready else 503)
 

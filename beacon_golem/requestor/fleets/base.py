@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 from pydantic import BaseModel
@@ -34,6 +34,9 @@ class FleetNote(BaseModel):
 
 
 NoteListener = Callable[[FleetNote], None]
+#: Called with each node a fleet is about to add (`Fleet.prepare_node`); it may change the node
+#: (switch its runtime, fill its `extra`) before anyone else sees it.
+NodePreparer = Callable[[Node], Awaitable[None]]
 
 
 class Fleet(StartStop, ABC):
@@ -45,6 +48,10 @@ class Fleet(StartStop, ABC):
         self._nodes: dict[str, Node] = {}
         self._events: asyncio.Queue[FleetEvent] = asyncio.Queue()
         self._note_listeners: list[NoteListener] = []
+        #: Set before the fleet starts: a fleet that adds nodes as they come up (Golem, its
+        #: replacements included) awaits it for each one before adding it; the others add their
+        #: nodes at start only and leave it to the caller (`--runtime auto`'s phase).
+        self.prepare_node: NodePreparer | None = None
 
     @abstractmethod
     async def start(self) -> None:
@@ -80,6 +87,10 @@ class Fleet(StartStop, ABC):
     async def report_lost(self, node_id: str, reason: str) -> None:
         """The dispatcher found this node broken; a fleet may replace it."""
         self.lose_node(node_id, reason)
+
+    def stop_replacing(self, reason: str) -> None:
+        """From now on, rent or start no node in place of one lost (a runtime comparison: its
+        figures are per machine). A fleet that never replaces nodes has nothing to do."""
 
     def expecting_nodes(self) -> bool:
         """Whether a node may still join (one is being rented or started): the dispatcher waits for

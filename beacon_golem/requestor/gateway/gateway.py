@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-
 from pydantic import SecretStr
 
 from beacon_golem.api.client import MAX_NODE_BODY_BYTES

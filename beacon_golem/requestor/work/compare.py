@@ -19,7 +19,8 @@ On each machine, for each runtime variant of the plan in turn:
 A runtime that does not start is a trial `failed`, with the node's reason, and the next variant
 goes on. A machine lost mid-comparison (unreachable, or reported lost by its fleet) ends that
 machine's comparison: its remaining trials are stored `lost`, and no other machine's figures
-are ever put in their place (a replacement a Golem fleet rents is not a machine of this run).
+are ever put in their place (once a comparison begins its fleet rents no replacement, and the
+fleet is told of a machine the comparison found unreachable).
 
 Machines on separate hosts (static, Golem) are compared at the same time; local nodes share this
 machine, so they go one after another.
@@ -36,7 +37,7 @@ from typing import Any
 from beacon_golem.api.bodies import RuntimeSwitch
 from beacon_golem.api.client import NodeUnreachable, ShimClient, ShimError
 from beacon_golem.core.clock import utcnow
-from beacon_golem.core.compare import ComparisonPlan, Price, RequestProbe, RuntimeTrial, RuntimeVariant
+from beacon_golem.core.compare import ComparisonPlan, Price, RequestProbe, RuntimeTrial, RuntimeVariant, machine_gpu
 from beacon_golem.core.config import Settings
 from beacon_golem.core.errors import BeaconError, UsageError
 from beacon_golem.core.inference import GenerationRequest
@@ -56,6 +57,13 @@ log = get_logger(__name__)
 CompareListener = Callable[[str, dict[str, Any]], None]
 #: Seconds a runtime may take to start and load its model (vLLM on a large model takes minutes).
 DEFAULT_READY_TIMEOUT_S = 900.0
+
+
+#: Why a lost machine's comparison is not finished on another one.
+NO_STAND_IN = "another provider's figures never stand in for a lost one's"
+#: Seconds a switch may take beyond the runtime's ready timeout: the runtime before stops (SIGTERM,
+#: SIGKILL after 10 s), the page cache is dropped.
+SWITCH_MARGIN_S = 60.0
 
 
 class MachineLost(BeaconError):
@@ -78,14 +86,7 @@ def machine_price(node: Node, plan: ComparisonPlan) -> Price | None:
 
 def gpu_model(node: Node, info: NodeInfo | None) -> str | None:
     """The machine's GPU as the node reports it (`2x NVIDIA H100`), else as its offer said."""
-    gpus = info.system.gpus if info is not None else []
-    if gpus:
-        names = [g.name for g in gpus]
-        return names[0] if len(names) == 1 else f"{len(names)}x {names[0]}"
-    gpu = node.extra.get("gpu")
-    if isinstance(gpu, dict) and gpu.get("model"):
-        return str(gpu["model"])
-    return None
+    return machine_gpu([g.name for g in info.system.gpus] if info is not None else [], node.extra)
 
 
 def host_of(node: Node, info: NodeInfo | None) -> str | None:
@@ -181,6 +182,10 @@ class MachineRun:
                 if trial.status == "lost":
                     lost = f"the machine was lost while {variant.label} ran ({trial.reason})"
                     self.store.mark_node_lost(self.run_id, self.machine, trial.reason or "lost")
+                    # The fleet learns it too (when it has not already): it stops paying for the
+                    # machine now, and says it rents none in its place.
+                    if self.machine in {n.node_id for n in self.fleet.nodes()}:
+                        await self.fleet.report_lost(self.machine, f"lost mid-comparison: {trial.reason or 'lost'}")
             rows.append(self.store.record_trial(self.run_id, trial))
             kind = {"done": "trial_done", "failed": "trial_failed", "lost": "trial_lost"}[trial.status]
             self.tell(kind, variant=variant.label, runtime=variant.runtime, reason=trial.reason, bench_id=trial.bench_id,
@@ -283,6 +288,9 @@ async def run_comparison(
     section = run.suite.perf if run.suite is not None else None
     if section is None:
         raise BeaconError(f"run {run.run_id} has no perf section to compare runtimes with")
+    # The machines are the nodes up now: one lost from here on is not replaced (a replacement's
+    # figures are another machine's, never the lost one's).
+    fleet.stop_replacing(f"a runtime comparison compares the machines it began with ({NO_STAND_IN})")
     machines = sorted(fleet.nodes(), key=lambda n: n.node_id)
     if not machines:
         store.add_event(run.run_id, "compare_failed", reason="no live node to compare runtimes on")
@@ -334,7 +342,10 @@ async def compare_fleet(
         raise UsageError("a comparison's model is per runtime (--model, --model-for RUNTIME=M), not the perf section's")
     first = plan.variants[0]
     if choice.kind == "golem":
-        choice = choice.model_copy(update={"golem": golem_image_for(plan, choice.golem)})
+        golem = golem_image_for(plan, choice.golem)
+        # The fleet's health checks take a node switching runtime for a live one this long.
+        golem = {"switch_timeout_s": ready_timeout_s + SWITCH_MARGIN_S, **golem}
+        choice = choice.model_copy(update={"golem": golem})
     choice = choice.model_copy(
         update={"runtime": first.runtime, "model": choice.model or first.model,
                 "runtime_settings": first.settings.given()}  # fmt: skip

@@ -42,7 +42,12 @@ from beacon_golem.requestor.work.beacon_import import (
 from beacon_golem.requestor.work.dispatcher import DispatchConfig, Dispatcher, Receipts, RunProgress
 from beacon_golem.requestor.work.perf_phase import PerfListener, run_suite_perf
 from beacon_golem.requestor.work.receipts import receipt_issuer
-from beacon_golem.requestor.work.runtime_choice import AUTO, LOCAL_AUTO_START, apply_runtime_choices
+from beacon_golem.requestor.work.runtime_choice import (
+    AUTO,
+    LOCAL_AUTO_START,
+    apply_runtime_choices,
+    runtime_choice_hook,
+)
 
 log = get_logger(__name__)
 
@@ -255,8 +260,13 @@ def golem_fleet(choice: FleetChoice, data_dir: Path, token: SecretStr | None, st
     missing = [flag for key, flag in GOLEM_REQUIRED.items() if key not in settings]
     if missing:
         raise UsageError(f"--fleet golem needs {' and '.join(missing)} (GLM): money is never spent without a cap")
-    runtime = FALLBACK_RUNTIME if choice.runtime == AUTO else choice.runtime
+    runtime: str | None = choice.runtime
+    if choice.runtime == AUTO:
+        # --runtime auto: nodes start on the fallback's image (Ollama's), or on the image given
+        # with the runtime it was built with, then each switches to its machine's choice.
+        runtime = None if "image" in settings else FALLBACK_RUNTIME
     if "image" not in settings:
+        assert runtime is not None
         entry = lookup_image(runtime)
         if entry is None:
             raise UsageError(
@@ -567,7 +577,11 @@ async def _execute_locked(
 
     phases: list[Phase] = [dispatch]
     if isinstance(run.fleet_desc, dict) and run.fleet_desc.get("runtime") == AUTO:
-        phases.insert(0, choose_runtimes)  # --runtime auto: each node its best runtime before any job
+        # --runtime auto: each node its best runtime before any job. A fleet that adds nodes as
+        # they come up (Golem: the first ones and every replacement) prepares each before adding
+        # it; the phase does it for the nodes of the others.
+        fleet.prepare_node = runtime_choice_hook(store, run.run_id)
+        phases.insert(0, choose_runtimes)
     if run.suite is not None and run.suite.perf is not None:
         phases.append(perf)
     return await drive(store, run, fleet, phases, on_note=on_fleet_note, lock=lock)

@@ -24,12 +24,13 @@ from pydantic import BaseModel, Field
 
 from beacon_golem.api.bodies import RuntimeSwitch
 from beacon_golem.api.client import ShimClient
+from beacon_golem.core.compare import machine_gpu
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.log import get_logger
 from beacon_golem.core.node import Node, NodeInfo
 from beacon_golem.core.probe import ProbeReport
 from beacon_golem.core.runtime_settings import RuntimeSettings
-from beacon_golem.requestor.fleets.base import Fleet
+from beacon_golem.requestor.fleets.base import Fleet, NodePreparer
 from beacon_golem.requestor.store.comparison import Comparison, comparison_from_store
 from beacon_golem.requestor.store.store import Store
 
@@ -58,11 +59,7 @@ class RuntimeChoice(BaseModel):
 
 
 def _gpu(info: NodeInfo | None, node: Node) -> str | None:
-    gpus = info.system.gpus if info is not None else []
-    if gpus:
-        return gpus[0].name if len(gpus) == 1 else f"{len(gpus)}x {gpus[0].name}"
-    gpu = node.extra.get("gpu")
-    return str(gpu["model"]) if isinstance(gpu, dict) and gpu.get("model") else None
+    return machine_gpu([g.name for g in info.system.gpus] if info is not None else [], node.extra)
 
 
 def choose_runtime(store: Store, node: Node, probe: ProbeReport | None, current: str) -> RuntimeChoice:
@@ -122,40 +119,58 @@ def _differs(choice: RuntimeChoice, info: NodeInfo | None) -> bool:
     return choice.model is not None and choice.model not in info.runtime.models
 
 
+async def apply_runtime_choice(store: Store, run_id: str, node: Node) -> RuntimeChoice:
+    """Choose, switch and record the runtime of one node (its `info` and `extra` updated in place)."""
+    if store.get_node(run_id, node.node_id) is None:
+        store.upsert_node(run_id, node)
+    current = node.runtime or LOCAL_AUTO_START
+    probe: ProbeReport | None = None
+    async with ShimClient(node.url, node.token, timeout_s=SWITCH_TIMEOUT_S) as client:
+        try:
+            probe = await client.probe()
+            store.set_node_probe(run_id, node.node_id, probe)
+        except BeaconError as exc:
+            store.set_node_probe(run_id, node.node_id, None, error=str(exc))
+        choice = choose_runtime(store, node, probe, current)
+        if choice.source == "comparison" and _differs(choice, node.info):
+            switch = RuntimeSwitch(runtime=choice.runtime, model=choice.model,  # type: ignore[arg-type]
+                                   settings=RuntimeSettings.model_validate(choice.settings))  # fmt: skip
+            try:
+                node.info = await client.switch_runtime(switch)
+                choice.applied = True
+            except BeaconError as exc:
+                choice.note = f"the switch to {choice.variant} failed ({exc}): the node went back to {current}"
+                try:
+                    node.info = await client.switch_runtime(RuntimeSwitch(runtime=current))  # type: ignore[arg-type]
+                except BeaconError as again:
+                    choice.note += f", which failed too ({again})"
+        elif choice.source == "comparison":
+            choice.applied = True
+    # With the node itself too: whoever stores the node again keeps the choice.
+    node.extra = {**node.extra, "runtime_choice": choice.model_dump(mode="json")}
+    store.upsert_node(run_id, node)
+    store.add_event(run_id, "runtime_chosen", node_id=node.node_id, runtime=choice.runtime, variant=choice.variant,
+                    source=choice.source, applied=choice.applied, reason=choice.reason, note=choice.note)  # fmt: skip
+    log.info("runtime_chosen", run=run_id, node=node.node_id, runtime=choice.runtime, source=choice.source)
+    return choice
+
+
 async def apply_runtime_choices(store: Store, run_id: str, fleet: Fleet) -> list[RuntimeChoice]:
-    """Choose, switch and record the runtime of every node the fleet holds now."""
+    """Choose, switch and record the runtime of every node the fleet holds now that has none yet
+    (a fleet that prepares its nodes as they join, see `runtime_choice_hook`, chose for them already)."""
     out = []
     for node in sorted(fleet.nodes(), key=lambda n: n.node_id):
-        if store.get_node(run_id, node.node_id) is None:
-            store.upsert_node(run_id, node)
-        current = node.runtime or LOCAL_AUTO_START
-        probe: ProbeReport | None = None
-        async with ShimClient(node.url, node.token, timeout_s=SWITCH_TIMEOUT_S) as client:
-            try:
-                probe = await client.probe()
-                store.set_node_probe(run_id, node.node_id, probe)
-            except BeaconError as exc:
-                store.set_node_probe(run_id, node.node_id, None, error=str(exc))
-            choice = choose_runtime(store, node, probe, current)
-            if choice.source == "comparison" and _differs(choice, node.info):
-                switch = RuntimeSwitch(runtime=choice.runtime, model=choice.model,  # type: ignore[arg-type]
-                                       settings=RuntimeSettings.model_validate(choice.settings))  # fmt: skip
-                try:
-                    node.info = await client.switch_runtime(switch)
-                    choice.applied = True
-                except BeaconError as exc:
-                    choice.note = f"the switch to {choice.variant} failed ({exc}): the node went back to {current}"
-                    try:
-                        node.info = await client.switch_runtime(RuntimeSwitch(runtime=current))  # type: ignore[arg-type]
-                    except BeaconError as again:
-                        choice.note += f", which failed too ({again})"
-            elif choice.source == "comparison":
-                choice.applied = True
-        # With the node itself too: whoever stores the node again keeps the choice.
-        node.extra = {**node.extra, "runtime_choice": choice.model_dump(mode="json")}
-        store.upsert_node(run_id, node)
-        store.add_event(run_id, "runtime_chosen", node_id=node.node_id, runtime=choice.runtime, variant=choice.variant,
-                        source=choice.source, applied=choice.applied, reason=choice.reason, note=choice.note)  # fmt: skip
-        log.info("runtime_chosen", run=run_id, node=node.node_id, runtime=choice.runtime, source=choice.source)
-        out.append(choice)
+        if "runtime_choice" in node.extra:
+            continue
+        out.append(await apply_runtime_choice(store, run_id, node))
     return out
+
+
+def runtime_choice_hook(store: Store, run_id: str) -> NodePreparer:
+    """`Fleet.prepare_node` for --runtime auto: every node a fleet adds mid-run (a Golem replacement)
+    gets its machine's choice before the dispatcher sees it, exactly as the first nodes do."""
+
+    async def prepare(node: Node) -> None:
+        await apply_runtime_choice(store, run_id, node)
+
+    return prepare

@@ -29,7 +29,9 @@ class GolemFleetConfig(BaseModel):
 
     # --- what runs on each node -----------------------------------------------------------
     nodes: int = Field(default=1, ge=1, le=100, description="Nodes wanted at once")
-    runtime: str = Field(default="vllm", min_length=1, description="Inference runtime inside the image")
+    runtime: str | None = Field(
+        default="vllm", min_length=1, description="Inference runtime inside the image (None: the image's own)"
+    )
     model: str | None = Field(default=None, description="Model the node serves (passed to start-node.sh)")
     node_env: dict[str, str] = Field(default_factory=dict, description="Extra environment for start-node.sh")
     image: str = Field(min_length=1, description="Image tag (user/name:tag), sha3-224 hash, or .gvmi URL")
@@ -84,6 +86,9 @@ class GolemFleetConfig(BaseModel):
     ready_timeout_s: float | None = Field(default=None, gt=0, description="start() waits this long for all nodes")
     health_interval_s: float = Field(default=30, gt=0)
     health_failures: int = Field(default=3, ge=1, description="Failed checks in a row before a node is lost")
+    switch_timeout_s: float = Field(
+        default=1200, gt=0, description="How long a runtime switch (POST /runtime) may keep /health at 503"
+    )
     proxy_timeout_s: float = Field(default=1800, gt=0, description="Idle limit of a tunnelled connection")
     connect_attempts: int = Field(default=6, ge=1, description="Tries to reach a new node over the VPN before it is lost")
     connect_backoff_s: float = Field(default=2.0, gt=0, description="First wait between those tries; doubles each time")

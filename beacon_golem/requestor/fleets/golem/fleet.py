@@ -140,6 +140,8 @@ class GolemFleet(Fleet):
         self._ready = asyncio.Event()
         self._stopping = False
         self._last_market_line = 0.0
+        #: Why no replacement is rented any more (`stop_replacing`), when so.
+        self._no_replacements: str | None = None
 
     # ---- Fleet interface -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -343,6 +345,19 @@ class GolemFleet(Fleet):
             fleet="golem",
             extra=self._node_extra(service, agreement, view),
         )
+        if self.prepare_node is not None:
+            # Before the node is anyone's (`--runtime auto`: its runtime chosen and switched), the
+            # first nodes and replacements alike; meanwhile it is still one the fleet expects.
+            self.say(f"node {node_id} on {service.provider_name}: preparing it")
+            try:
+                await self.prepare_node(node)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                why = scrub(str(exc) or type(exc).__name__, self._secrets())
+                self.say(f"node {node_id}: preparing it failed, it is used as it is: {why}")
+            if slot.done or self._stopping:
+                return
         slot.node_id = node_id
         self._nodes_seen += 1
         slot.next_health = asyncio.get_running_loop().time() + cfg.health_interval_s
@@ -379,14 +394,28 @@ class GolemFleet(Fleet):
 
     async def _check(self, slot: _Slot) -> None:
         assert slot.client is not None
+        switching: float | None = None
         try:
             health = await slot.client.health()
             problem = None if health.status == "ok" else (health.reason or health.status)
+            switching = health.switching_s
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             problem = scrub(str(exc), self._secrets())
         slot.next_health = asyncio.get_running_loop().time() + self.config.health_interval_s
+        if problem is not None and switching is not None:
+            # A runtime switch under way (a comparison's next phase, --runtime auto): the node is
+            # changing runtime, not broken, until the switch timeout.
+            if switching <= self.config.switch_timeout_s:
+                slot.health_failures = 0
+                log.info("golem.node_switching", node_id=slot.node_id, switching_s=switching)
+                return
+            await self._drop(
+                slot,
+                f"runtime switch not done after {switching:g} s (switch timeout {self.config.switch_timeout_s:g} s)",
+            )
+            return
         if problem is None:
             slot.health_failures = 0
             return
@@ -443,10 +472,17 @@ class GolemFleet(Fleet):
             self._cluster.spawn_instances(num_instances=1, instance_params=[self._instance_params()])
             self.say(f"renting a replacement ({self.replacements} of {self.config.replacements_allowed} allowed)")
 
+    def stop_replacing(self, reason: str) -> None:
+        """Rent no replacement for a node lost from now on (a runtime comparison: another
+        provider's figures must never stand in for the lost one's)."""
+        self._no_replacements = reason
+
     def _replacement_blocker(self) -> str | None:
         cfg = self.config
         if self._stopping:
             return "the fleet is stopping"
+        if self._no_replacements is not None:
+            return self._no_replacements
         common = self._common_failure()
         if common is not None:
             return (

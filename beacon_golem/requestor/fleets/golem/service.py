@@ -42,12 +42,35 @@ START_NODE = (
     'echo $! > "$d/beacon/node.pid"'
 )
 #: Ask the shim inside the VM for /health: $1 is its port, $2 the data dir. Fails on a 503 or no
-#: answer; exits NODE_EXITED when the start script's process is gone (no point waiting longer).
-#: curl where the image has it, else the Python every node image has.
+#: answer; exits NODE_SWITCHING, saying for how long, when the 503 is a runtime switch under way
+#: (the shim's `switching_s`); exits NODE_EXITED when the start script's process is gone (no point
+#: waiting longer). curl where the image has it (the body read with the shell's own expansions),
+#: else the Python every node image has.
 NODE_EXITED = 3
+NODE_SWITCHING = 4
+HEALTH_PY = (
+    "import json, sys, urllib.request as r, urllib.error as e\n"
+    "try:\n"
+    "    r.urlopen(sys.argv[1], timeout=10)\n"
+    "    sys.exit(0)\n"
+    "except e.HTTPError as h:\n"
+    "    try:\n"
+    '        s = json.loads(h.read()).get("switching_s")\n'
+    "    except Exception:\n"
+    "        s = None\n"
+    "    if isinstance(s, (int, float)):\n"
+    '        print(f"node switching runtime for {s} s", file=sys.stderr)\n'
+    f"        sys.exit({NODE_SWITCHING})\n"
+    "except Exception:\n"
+    "    pass\n"
+    "sys.exit(1)\n"
+)
 HEALTH = (
-    'u="http://127.0.0.1:$1/health"; if command -v curl >/dev/null 2>&1; then curl -sf -m 10 -o /dev/null "$u" && exit 0; '
-    "else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"$u\" && exit 0; fi; "
+    'u="http://127.0.0.1:$1/health"; if command -v curl >/dev/null 2>&1; then '
+    'r=$(curl -s -m 10 -w " %{http_code}" "$u"); [ "${r##* }" = 200 ] && exit 0; '
+    """s=""; case "$r" in *'"switching_s":'[0-9]*) s="${r#*\\"switching_s\\":}"; s="${s%%[!0-9.]*}";; esac; """
+    f'if [ -n "$s" ]; then echo "node switching runtime for $s s" >&2; exit {NODE_SWITCHING}; fi; '
+    f"else python3 -c '{HEALTH_PY}' \"$u\"; c=$?; [ $c = 0 ] && exit 0; [ $c = {NODE_SWITCHING} ] && exit $c; fi; "
     'p=$(cat "$2/beacon/node.pid" 2>/dev/null); '
     f'if [ -n "$p" ] && ! kill -0 "$p" 2>/dev/null; then echo "node process $p exited" >&2; exit {NODE_EXITED}; fi; exit 1'
 )
@@ -55,6 +78,8 @@ HEALTH = (
 FIRST_START_POLL_S = 1.0
 #: What HEALTH prints when the node's process is gone (never in the script's own text: `$p`).
 NODE_EXITED_LINE = re.compile(r"node process \d+ exited")
+#: What HEALTH prints while the node switches runtime: the seconds the shim says it has lasted.
+NODE_SWITCHING_LINE = re.compile(r"node switching runtime for (\d+(?:\.\d+)?) s")
 #: The end of one log file on stdout (fetched with `run`, so no gftp is needed): $1 the file.
 LOG_FETCH = 'tail -c 262144 "$1" 2>/dev/null; true'
 #: The end of the node logs, for the reason a start failed: $1 is the data dir.
@@ -62,6 +87,12 @@ LOG_TAIL = 'cd "$1/logs" 2>/dev/null && tail -n 20 node.log runtime.log 2>/dev/n
 #: Logs saved at shutdown: ours (the start script's output) and the runtime's own (the images'
 #: start-node.sh writes it, see vm_images/common/start-node.sh).
 LOG_FILES = ("node.log", "runtime.log")
+
+
+def switching_for(exc: BatchError) -> float | None:
+    """The seconds a runtime switch has lasted, when a failed HEALTH was a switch under way."""
+    found = NODE_SWITCHING_LINE.search(getattr(exc, "stderr", None) or "")
+    return float(found.group(1)) if found else None
 
 
 def batch_problem(exc: BatchError, timeout_s: float) -> str:
@@ -87,7 +118,8 @@ class NodeUnhealthy(BeaconError):
 class NodeSpec(BaseModel):
     """What one VM runs and how long each step may take; the same for every instance of a run."""
 
-    runtime: str
+    #: BEACON_RUNTIME for start-node.sh; None: the image's own (the BEACON_RUNTIME it was built with).
+    runtime: str | None
     model: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     shim_port: int = 8080
@@ -99,6 +131,8 @@ class NodeSpec(BaseModel):
     health_poll_s: float = 5.0
     health_interval_s: float = 30.0
     health_failures: int = 3
+    #: How long a runtime switch (POST /runtime) may keep /health at 503 before the node is lost.
+    switch_timeout_s: float = 1200
     log_dir: Path | None = None
 
     @classmethod
@@ -116,17 +150,14 @@ class NodeSpec(BaseModel):
             health_poll_s=config.start_poll_s,
             health_interval_s=config.health_interval_s,
             health_failures=config.health_failures,
+            switch_timeout_s=config.switch_timeout_s,
             log_dir=config.log_dir,
         )
 
     def environment(self) -> dict[str, str]:
         """The variables start-node.sh sees (BEACON_* plus the run's extra env)."""
-        env = {
-            "BEACON_RUNTIME": self.runtime,
-            "BEACON_PORT": str(self.shim_port),
-            "BEACON_HOST": "0.0.0.0",
-            "BEACON_DATA_DIR": self.data_dir,
-        }
+        env = {"BEACON_RUNTIME": self.runtime} if self.runtime else {}
+        env.update({"BEACON_PORT": str(self.shim_port), "BEACON_HOST": "0.0.0.0", "BEACON_DATA_DIR": self.data_dir})
         if self.model:
             env["BEACON_MODEL"] = self.model
         if self.shim_token is not None:
@@ -263,6 +294,19 @@ class BeaconNodeService(Service):
                 await probe
                 failures = 0
             except BatchError as exc:
+                # A runtime switch keeps /health at 503 while the runtime before stops and the next
+                # loads its model: not a failure, up to the switch timeout.
+                switching = switching_for(exc)
+                if switching is not None and switching <= spec.switch_timeout_s:
+                    failures = 0
+                    log.info("golem.node_switching", service=self.id, switching_s=switching)
+                    continue
+                if switching is not None:
+                    self.failure = (
+                        f"the runtime switch has lasted {switching:g} s inside the VM, over the "
+                        f"{spec.switch_timeout_s:g} s switch timeout"
+                    )
+                    raise NodeUnhealthy(self.failure) from exc
                 failures += 1
                 log.warning("golem.node_health_failed", service=self.id, failures=failures, error=str(exc))
                 if failures >= spec.health_failures:

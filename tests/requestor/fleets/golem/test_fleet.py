@@ -28,6 +28,7 @@ from yapapi.strategy import DecreaseScoreForUnconfirmedAgreement
 
 from beacon_golem.core.errors import BeaconError
 from beacon_golem.core.inference import GenerationRequest, GenerationResult
+from beacon_golem.core.node import Node
 from beacon_golem.requestor.fleets.base import FleetEvent
 from beacon_golem.requestor.fleets.golem import GolemFleet, GolemFleetConfig
 from beacon_golem.requestor.fleets.golem.payload import GpuVmPayload, ImageRef
@@ -54,6 +55,8 @@ class FakeShim:
         self.name = name
         self.extra = extra or {}  # path -> POST handler
         self.healthy = True
+        #: Set: a runtime switch under way for this many seconds (its /health says `switching_s`).
+        self.switching_s: float | None = None
         self.url = ""
         self.hang_after = hang_after
         self.received = 0  # /inference requests that arrived
@@ -113,7 +116,8 @@ class FakeShim:
         return web.json_response(text=result.model_dump_json())
 
     async def health(self, request: web.Request) -> web.Response:
-        body = {"status": "ok" if self.healthy else "unavailable", "runtime": "vllm", "models": ["m"]}
+        body = {"status": "ok" if self.healthy else "unavailable", "runtime": "vllm", "models": ["m"],
+                "switching_s": self.switching_s}  # fmt: skip
         return web.json_response(body, status=200 if self.healthy else 503)
 
     async def info(self, request: web.Request) -> web.Response:
@@ -412,6 +416,65 @@ async def test_unresponsive_node_is_lost_and_replaced(market: Market) -> None:
         cluster = FakeGolem.made[-1].cluster
         assert cluster is not None and market.service_of("0xaaa111") in cluster.stopped
         assert (await next_event(fleet, "added")).node.provider_id == "0xbbb222"
+
+
+async def test_a_node_switching_runtime_is_not_lost_until_its_switch_timeout(market: Market) -> None:
+    for pid in ("0xaaa111", "0xbbb222"):
+        market.provider(pid, single_gpu())
+    async with fleet_for(market, make_config(nodes=1, switch_timeout_s=60)) as fleet:
+        assert fleet.next_event_nowait() is not None
+        shim = market.shims["0xaaa111"]
+        shim.healthy, shim.switching_s = False, 12.0  # 503 while the next runtime loads its model
+        await asyncio.sleep(0.5)  # ten checks, two failures would lose it
+        assert [n.provider_id for n in fleet.nodes()] == ["0xaaa111"] and fleet.blacklist == set()
+        shim.switching_s = 61.0  # a switch that does not end
+        lost = await next_event(fleet, "lost")
+        assert lost.reason == "runtime switch not done after 61 s (switch timeout 60 s)"
+        assert "0xaaa111" in fleet.blacklist
+
+
+async def test_once_told_to_stop_replacing_a_lost_node_is_not_replaced_and_it_says_why(market: Market) -> None:
+    for pid in ("0xaaa111", "0xbbb222"):
+        market.provider(pid, single_gpu())
+    lines: list[str] = []
+    async with fleet_for(market, make_config(nodes=1), lines) as fleet:
+        node = fleet.nodes()[0]
+        fleet.stop_replacing("a runtime comparison compares the machines it began with")
+        await fleet.report_lost(node.node_id, "gone")
+        assert fleet.nodes() == [] and fleet.replacements == 0 and not fleet.expecting_nodes()
+        cluster = FakeGolem.made[-1].cluster
+        assert cluster is not None and cluster.spawn_calls == [1]
+    assert "not renting a replacement: a runtime comparison compares the machines it began with" in lines
+    assert fleet.why_no_more_nodes() == "a runtime comparison compares the machines it began with"
+
+
+async def test_every_node_is_prepared_before_it_is_added_its_replacement_too(market: Market) -> None:
+    """`prepare_node` (--runtime auto: the runtime chosen and switched) sees each node before anyone
+    else does: the first one, and the replacement rented after it is lost; one that fails is used as it is."""
+    for pid in ("0xaaa111", "0xbbb222", "0xccc333"):
+        market.provider(pid, single_gpu())
+    lines: list[str] = []
+    fleet = fleet_for(market, make_config(nodes=1), lines)
+    prepared: list[str] = []
+
+    async def prepare(node: Node) -> None:
+        assert node.node_id not in {n.node_id for n in fleet.nodes()} and fleet.expecting_nodes()
+        prepared.append(node.provider_id or "")
+        if node.provider_id == "0xbbb222":
+            raise RuntimeError("switch refused")
+        node.extra = {**node.extra, "prepared": True}
+
+    fleet.prepare_node = prepare
+    async with fleet:
+        (first,) = fleet.nodes()
+        assert first.extra["prepared"] and prepared == ["0xaaa111"]
+        added = fleet.next_event_nowait()
+        assert added is not None and added.kind == "added" and added.node.extra["prepared"]
+        set_state(market.service_of("0xaaa111"), "terminated")
+        replacement = await next_event(fleet, "added")
+        assert replacement.node.provider_id == "0xbbb222" and "prepared" not in replacement.node.extra
+    assert prepared == ["0xaaa111", "0xbbb222"]
+    assert any(line.endswith("preparing it failed, it is used as it is: switch refused") for line in lines), lines
 
 
 async def test_dispatcher_report_loses_the_node_and_rents_another(market: Market) -> None:

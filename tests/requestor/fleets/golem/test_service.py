@@ -17,12 +17,14 @@ from yapapi.ctx import WorkContext
 from yapapi.rest.activity import CommandExecutionError
 from yapapi.script import Script
 
+from beacon_golem.api.bodies import Health
 from beacon_golem.requestor.fleets.golem.service import (
     HEALTH,
     LOG_FETCH,
     LOG_FILES,
     LOG_TAIL,
     NODE_EXITED,
+    NODE_SWITCHING,
     START_NODE,
     WRITE_ENV,
     BeaconNodeService,
@@ -209,6 +211,23 @@ async def test_run_watches_health_and_gives_up_after_failures_in_a_row() -> None
     assert svc.failure and "2 times" in svc.failure
 
 
+async def test_run_takes_a_runtime_switch_for_a_live_node_until_the_switch_timeout() -> None:
+    svc = service(NodeSpec(**SPEC, health_interval_s=0.0, health_failures=2, switch_timeout_s=600))
+    gen = svc.run()
+    await gen.__anext__()
+
+    def switching(seconds: str) -> CommandExecutionError:
+        return CommandExecutionError("run", "exit status 4", f"node switching runtime for {seconds} s")
+
+    step = await gen.athrow(failed())  # one failure...
+    for seconds in ("0.0", "31.5", "600"):  # ... then a switch of ten minutes: none counts, the count restarts
+        step = await gen.athrow(switching(seconds))
+    assert commands(step) == [{"run": ["/bin/sh", "-c", HEALTH, "sh", "8080", "/data"]}]
+    step = await gen.athrow(failed())  # one failure again, not two in a row
+    with pytest.raises(NodeUnhealthy, match="the runtime switch has lasted 600.5 s inside the VM, over the 600 s"):
+        await gen.athrow(switching("600.5"))  # a switch that does not end loses the node at once
+
+
 def source(script: Script) -> str:
     """The log file a fetch script reads (its end, on stdout: no gftp transfer)."""
     (cmd,) = commands(script)
@@ -259,6 +278,8 @@ def test_token_and_env_reach_the_env_file() -> None:
     assert not any(line.startswith("BEACON_MODEL=") for line in lines)
     with pytest.raises(ValueError, match="environment variable"):
         NodeSpec(runtime="x", env={"1BAD": "v"}).env_lines()
+    # No runtime named (--runtime auto with an image given): the image's own BEACON_RUNTIME stands.
+    assert not any(line.startswith("BEACON_RUNTIME=") for line in NodeSpec(runtime=None).env_lines())
 
 
 def test_health_command_in_a_real_sh(tmp_path: Path) -> None:
@@ -268,10 +289,13 @@ def test_health_command_in_a_real_sh(tmp_path: Path) -> None:
 
     class Handler(http.server.BaseHTTPRequestHandler):
         status = 200
+        body = b""
 
         def do_GET(self) -> None:  # noqa: N802
             self.send_response(Handler.status)
+            self.send_header("Content-Length", str(len(Handler.body)))
             self.end_headers()
+            self.wfile.write(Handler.body)
 
         def log_message(self, *args: object) -> None:
             pass
@@ -297,6 +321,16 @@ def test_health_command_in_a_real_sh(tmp_path: Path) -> None:
                 ).returncode
                 != 0
             )
+            # A 503 during a runtime switch (the shim's body, as it sends it): NODE_SWITCHING, saying how long.
+            Handler.body = Health(status="unavailable", runtime="llamacpp", reason="switching runtime to llamacpp",
+                                  switching_s=12.5).model_dump_json().encode()  # fmt: skip
+            switching = subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], env=env,
+                                       capture_output=True, text=True)  # fmt: skip
+            assert switching.returncode == NODE_SWITCHING and "node switching runtime for 12.5 s" in switching.stderr
+            Handler.body = Health(status="unavailable", runtime="llamacpp", reason="loading").model_dump_json().encode()
+            done = subprocess.run(["/bin/sh", "-c", HEALTH, "sh", port, str(tmp_path)], env=env, capture_output=True)
+            assert done.returncode == 1  # no switch: a plain failure
+            Handler.body = b""
         # The start script's process is gone (its pid file names a dead process): NODE_EXITED, at once.
         (tmp_path / "beacon").mkdir()
         dead = subprocess.Popen(["true"])
