@@ -20,6 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+# The exe-script commands of the requestor's service: these tests send exactly what a provider gets.
+from beacon_golem.requestor.fleets.golem.service import HEALTH, START_NODE, WRITE_ENV
 from beacon_golem.sandbox.image import FORMAT, SandboxImage, build_image, image_hash, parse_image
 from beacon_golem.sandbox.vm import NamespaceVm, VmError, create_vm
 from beacon_golem.sandbox.vm_dockerfile import final_stage
@@ -27,9 +29,6 @@ from beacon_golem.sandbox.vm_dockerfile import final_stage
 pytest.register_assert_rewrite("tests.sandbox.vm_fixtures")  # before the import below
 
 from tests.sandbox.vm_fixtures import (  # noqa: E402
-    HEALTH,
-    START_NODE,
-    WRITE_ENV,
     MakeVm,
     host_mounts_under,
     http_get,
@@ -269,7 +268,7 @@ async def bring_up_node(make_vm: MakeVm, vm_id: str, user_namespace: bool) -> tu
     env = ["BEACON_RUNTIME=llamacpp", "BEACON_PORT=8080", "BEACON_HOST=0.0.0.0", "BEACON_DATA_DIR=/data"]
     assert (await vm.run(*sh(WRITE_ENV, "/data", *env), 30)).rc == 0
     assert (await vm.run(*sh(START_NODE, "/data", "/opt/beacon/start-node.sh"), 30)).rc == 0
-    while (await vm.run(*sh(HEALTH, "8080"), 30)).rc != 0:
+    while (await vm.run(*sh(HEALTH, "8080", "/data"), 30)).rc != 0:
         assert time.monotonic() - started < 60, (vm.volume("/data") / "logs" / "node.log").read_text()[-2000:]
         await asyncio.sleep(0.1)
     return vm, time.monotonic() - started

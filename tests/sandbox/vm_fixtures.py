@@ -19,15 +19,6 @@ import pytest
 from beacon_golem.sandbox.image import build_image, write_tiny_model
 from beacon_golem.sandbox.vm import NamespaceVm, Vm, create_vm
 
-#: The exe-script commands of the requestor's service (beacon_golem's golem fleet, service.py),
-#: copied so that these tests send exactly what a Golem provider receives.
-WRITE_ENV = 'd="$1"; shift; mkdir -p "$d/logs" "$d/beacon" && printf "%s\\n" "$@" > "$d/beacon/node.env"'
-START_NODE = 'd="$1"; s="$2"; set -a; . "$d/beacon/node.env"; set +a; "$s" > "$d/logs/node.log" 2>&1 &'
-HEALTH = (
-    'u="http://127.0.0.1:$1/health"; if command -v curl >/dev/null 2>&1; then curl -sf -m 10 -o /dev/null "$u"; '
-    "else python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=10)' \"$u\"; fi"
-)
-
 #: A one-line HTTP server on 0.0.0.0:$1 that answers every GET with the VM's hostname.
 ID_SERVER = (
     "import http.server, socket, sys\n"
