@@ -163,11 +163,12 @@ async def test_a_provider_lost_mid_comparison_is_reported_lost_and_not_replaced(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The VM dies 10 s after its first VPN connection, while the second runtime runs: each phase
-    waits 6 s idle for one more request, so the first is done by then (its switch and sweep take
-    well under a second here) and the second is not (it ends at 12 s at the earliest)."""
-    sandbox = await golem_sandbox(providers=2, faults=[Fault.VM_DIES], vm_dies_after_s=10.0)
-    outcome = await compare_on_sandbox(sandbox, tmp_path, monkeypatch, idle_s=6.0)
+    """The VM dies 13 s after its first VPN connection, while the second runtime runs: each phase
+    waits 8 s idle for one more request, so the first is done by then (its switch and sweep take
+    well under a second here: 4 s to spare for a loaded machine) and the second is not (it ends at
+    16 s at the earliest)."""
+    sandbox = await golem_sandbox(providers=2, faults=[Fault.VM_DIES], vm_dies_after_s=13.0)
+    outcome = await compare_on_sandbox(sandbox, tmp_path, monkeypatch, idle_s=8.0)
     run_id = outcome.run.run_id
 
     victim = outcome.victim(Fault.VM_DIES)
@@ -177,6 +178,11 @@ async def test_a_provider_lost_mid_comparison_is_reported_lost_and_not_replaced(
     assert {t.provider_id for t in trials} == {victim}
     machine = trials[0].machine
     assert outcome.store.get_node(run_id, machine).status == "lost"  # type: ignore[union-attr]
+    # and each runtime's node on it with it: nothing of that machine still reads "alive"
+    assert {n.node_id: n.status for n in outcome.nodes() if n.node_id.startswith(machine)} == {
+        n.node_id: "lost" for n in outcome.nodes() if n.node_id.startswith(machine)
+    }
+    assert len([n for n in outcome.nodes() if n.node_id.startswith(machine)]) >= 2
     # Never another machine's figures: nothing rented after it, nothing stored of anyone else.
     (agreement,) = outcome.approved()
     assert agreement.provider_id == victim and len(outcome.agreements()) == 1
@@ -237,16 +243,16 @@ async def test_under_runtime_auto_a_replacement_gets_its_own_providers_choice_as
     golem_sandbox: StartSandbox,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """`beacon run SUITE --fleet golem --nodes 1 --runtime auto`: the first node's VM dies 5 s after
-    its first VPN connection, mid-run; the replacement (another provider) is switched to what an
-    earlier comparison found best on it before it takes a job, as the first node was."""
-    sandbox = await golem_sandbox(providers=2, faults=[Fault.VM_DIES])
+    """`beacon run SUITE --fleet golem --nodes 1 --runtime auto`: the first node's VM dies once it
+    has been sent 20 HTTP requests (its first contact, probe and switch, then about a dozen jobs),
+    mid-run; the replacement (another provider) is switched to what an earlier comparison found
+    best on it before it takes a job, as the first node was."""
+    sandbox = await golem_sandbox(providers=2, faults=[Fault.VM_DIES], vm_dies_after_requests=20)
     first, second = (p.provider_id for p in sandbox.records.providers)
     settings = load_settings()
     best = {first: "llamacpp:parallel=2", second: "llamacpp:parallel=3"}
     compared = store_choices(settings.data_dir / DB_FILENAME, best)
-    # 300 jobs: one node does about 25 a second here, so the fault (5 s in) hits mid-run.
-    suite = write_suite(tmp_path / "suite.yaml", questions=4, repetitions=75, max_tokens=256, regions=["US"])
+    suite = write_suite(tmp_path / "suite.yaml", questions=4, repetitions=16, max_tokens=64, regions=["US"])
     prepared = prepare_run(settings, {"kind": "golem", "nodes": 1, "runtime": "auto", "golem": FAST_GOLEM},
                            suite_path=suite)  # fmt: skip
     assert isinstance(prepared.fleet, GolemFleet)

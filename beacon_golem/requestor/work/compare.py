@@ -181,7 +181,10 @@ class MachineRun:
                 trial = await self.one(variant, base)
                 if trial.status == "lost":
                     lost = f"the machine was lost while {variant.label} ran ({trial.reason})"
-                    self.store.mark_node_lost(self.run_id, self.machine, trial.reason or "lost")
+                    # the machine and each runtime's node on it (`<machine>/<variant>`) are lost together
+                    for stored in self.store.nodes(self.run_id):
+                        if stored.node_id == self.machine or stored.extra.get("machine") == self.machine:
+                            self.store.mark_node_lost(self.run_id, stored.node_id, trial.reason or "lost")
                     # The fleet learns it too (when it has not already): it stops paying for the
                     # machine now, and says it rents none in its place.
                     if self.machine in {n.node_id for n in self.fleet.nodes()}:
