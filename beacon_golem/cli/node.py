@@ -67,6 +67,7 @@ def node_up(
         ready_timeout_s=ready_timeout,
         limits=settings.shim_limits(),
         settings=launch,
+        runtimes=settings.held_runtimes(),
     )
 
     def ready(node: LocalNode) -> None:

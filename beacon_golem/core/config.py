@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     golem_registry_url: str | None = None
     #: Golem: the image `--fleet golem` rents when no --image is given [default: the image lock file's].
     golem_image: str | None = None
+    #: Node: the runtimes this node's image holds (space or comma separated; the multi image sets
+    #: it): a runtime switch to another is refused with 422. Empty: any runtime.
+    image_runtimes: str = ""
     #: Event loop for serving processes (shim, node, router): auto (uvloop when installed) or asyncio.
     event_loop: str = "auto"
 
@@ -89,6 +92,10 @@ class Settings(BaseSettings):
     @classmethod
     def _token(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
         return check_token(value, f"BEACON_{(info.field_name or '').upper()}")
+
+    def held_runtimes(self) -> list[str]:
+        """`image_runtimes` as a list (empty: the image does not say, any runtime may be tried)."""
+        return [r for r in self.image_runtimes.replace(",", " ").split() if r]
 
     def shim_limits(self) -> ShimLimits:
         return ShimLimits(

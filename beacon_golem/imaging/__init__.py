@@ -1,4 +1,5 @@
-"""VM images: one Dockerfile per runtime under vm_images/, built with docker and gvmkit-build.
+"""VM images: one Dockerfile per runtime under vm_images/, and vm_images/multi/ holding llama.cpp,
+Ollama and DMR together; built with docker and gvmkit-build.
 
 `lookup_image(runtime)` is what a Golem fleet calls to pick a pushed image when none is named.
 """

@@ -15,7 +15,15 @@ from beacon_golem.core.log import get_logger
 from beacon_golem.imaging.commands import docker_build_argv, gvmkit_build_argv, gvmkit_push_argv
 from beacon_golem.imaging.gvmi import GvmiFile
 from beacon_golem.imaging.lock import ImageLockEntry, new_entry, record_image
-from beacon_golem.imaging.spec import REGISTRY_LIMIT_BYTES, check_runtime, default_tag, dockerfile, repo_root
+from beacon_golem.imaging.spec import (
+    MULTI_IMAGE,
+    MULTI_RUNTIMES,
+    REGISTRY_LIMIT_BYTES,
+    check_runtime,
+    default_tag,
+    dockerfile,
+    repo_root,
+)
 from beacon_golem.imaging.tools import require_docker, require_gvmkit, run_visible
 
 log = get_logger(__name__)
@@ -81,6 +89,12 @@ def build_image(
 ) -> BuiltImage:
     """docker build + gvmkit-build; returns the .gvmi with its size and SHA3-224."""
     check_runtime(runtime)
+    if runtime == MULTI_IMAGE and model:
+        # One baked model cannot serve three runtimes (a GGUF file for llama.cpp, an Ollama or
+        # DMR name for the others): models go to the /models volume after deploy.
+        raise UsageError(
+            f"the multi image bakes no model: upload or pull it after deploy (/models is shared by {', '.join(MULTI_RUNTIMES)})"
+        )
     local = Path(model).expanduser() if model and "://" not in model else None
     if runtime == "dmr" and local and local.exists():
         raise UsageError("the dmr image bakes models by name (e.g. ai/smollm2), not from local files")
@@ -102,9 +116,11 @@ def build_image(
         args = dict(build_args or {})
         if model_dir:
             args["BEACON_MODEL_DIR"] = model_dir
+        # The multi image has no `models` stage to hand a context to.
+        models_context = None if runtime == MULTI_IMAGE else context
         run_visible(
             docker_build_argv(
-                source, tag, repo_root(), model=baked, models_context=context,
+                source, tag, repo_root(), model=baked, models_context=models_context,
                 build_args=args, no_cache=no_cache, docker=docker,
             ),
             "docker build",

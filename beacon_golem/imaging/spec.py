@@ -9,8 +9,17 @@ from pathlib import Path
 from beacon_golem import __version__
 from beacon_golem.core.errors import UsageError
 
-#: The images' Dockerfiles: one directory per runtime under vm_images/.
-IMAGE_RUNTIMES = ("ollama", "dmr", "vllm", "llamacpp")
+#: The image holding several runtimes, the node switching between them (docs/images.md, "One
+#: provider, several runtimes"): `beacon image build multi`, and its lock entries' runtime.
+MULTI_IMAGE = "multi"
+
+#: The runtimes the multi image holds, the one it starts with first. Not vLLM: its image alone is
+#: most of the registry's limit.
+MULTI_RUNTIMES = ("llamacpp", "ollama", "dmr")
+
+#: The images `beacon image` builds, one Dockerfile each under vm_images/<name>/: one per
+#: runtime, and the multi image. A lock entry's `runtime` is one of these names.
+IMAGE_RUNTIMES = ("ollama", "dmr", "vllm", "llamacpp", MULTI_IMAGE)
 
 #: Every writable directory of a node, declared VOLUME in each image: in a Golem VM only
 #: volumes live on the provider's disk; the rest of / is a ~128 MB in-memory overlay.
@@ -48,6 +57,12 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+def runtimes_in(image: str) -> tuple[str, ...]:
+    """The runtimes an image holds, the one it starts with (its BEACON_RUNTIME) first."""
+    check_runtime(image)
+    return MULTI_RUNTIMES if image == MULTI_IMAGE else (image,)
+
+
 def slug(text: str, limit: int = 60) -> str:
     """A docker-tag-safe form of a model: 'Qwen/Qwen2.5-0.5B' -> 'qwen-qwen2.5-0.5b'.
 
@@ -60,7 +75,8 @@ def slug(text: str, limit: int = 60) -> str:
 
 
 def default_tag(runtime: str, model: str | None = None) -> str:
-    """beacon-golem-<runtime>:<version>[-<model>] (Docker tags: [A-Za-z0-9_.-], at most 128)."""
+    """beacon-golem-<runtime>:<version>[-<model>] (Docker tags: [A-Za-z0-9_.-], at most 128);
+    beacon-golem-multi:<version> for the multi image."""
     check_runtime(runtime)
     version = __version__ + (f"-{slug(model)}" if model else "")
     return f"beacon-golem-{runtime}:{version[:128]}"

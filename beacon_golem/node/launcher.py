@@ -76,6 +76,9 @@ class NodeConfig(BaseModel):
     runtime_args: list[str] = Field(default_factory=list)
     #: The runtime's own settings (parallel slots, context, vLLM's quantization, ...).
     settings: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    #: The runtimes the node's image holds (BEACON_IMAGE_RUNTIMES); a switch to another is refused.
+    #: Empty: the image does not say.
+    runtimes: list[str] = Field(default_factory=list)
 
 
 class RuntimeStartFailed(BeaconError):
@@ -204,8 +207,13 @@ class LocalNode(StartStop):
             token=cfg.token,
             limits=cfg.limits,
             launch_settings=launch_settings,
-            extra_info={**cfg.extra_info, **({"region": cfg.region} if cfg.region else {})},
+            extra_info={
+                **cfg.extra_info,
+                **({"region": cfg.region} if cfg.region else {}),
+                **({"image_runtimes": cfg.runtimes} if cfg.runtimes else {}),
+            },
             runtime_api_key=None if cfg.upstream else self.runtime_api_key,
+            runtimes=cfg.runtimes,
         )
         app = create_app(shim_config)
         # Header read timeout, and a client that disconnects cancels its generation (api/server.py).

@@ -20,6 +20,7 @@ import pytest
 
 from beacon_golem.api.bodies import RuntimeSwitch
 from beacon_golem.api.client import ShimClient, ShimError
+from beacon_golem.core.config import load_settings
 from beacon_golem.core.inference import GenerationRequest
 from beacon_golem.core.runtime_settings import RuntimeSettings
 from beacon_golem.node.launcher import LocalNode, NodeConfig
@@ -149,6 +150,27 @@ async def test_a_node_that_fronts_a_runtime_it_did_not_launch_cannot_switch(tmp_
                 await client.switch_runtime(RuntimeSwitch(runtime="llamacpp"))
             assert refused.value.status == 409 and "did not launch" in str(refused.value)
             assert (await client.info()).startup is None
+
+
+async def test_a_node_refuses_a_switch_to_a_runtime_its_image_does_not_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The multi image says what it holds (BEACON_IMAGE_RUNTIMES, read by `beacon node up`): a switch
+    to vLLM there is a clear 422 with nothing stopped, not a runtime that fails to start."""
+    llama_server_binary()
+    monkeypatch.setenv("BEACON_IMAGE_RUNTIMES", "llamacpp ollama,dmr")
+    held = load_settings().held_runtimes()
+    assert held == ["llamacpp", "ollama", "dmr"]
+    config = NodeConfig(port=0, data_dir=tmp_path / "node", runtimes=held)
+    async with LocalNode(config) as node, ShimClient(node.url) as client:
+        before = await client.info()
+        assert before.extra["image_runtimes"] == held  # the requestor can read it
+        with pytest.raises(ShimError) as refused:
+            await client.switch_runtime(RuntimeSwitch(runtime="vllm"))
+        assert refused.value.status == 422
+        assert "this node's image holds llamacpp, ollama, dmr, not vllm" in str(refused.value)
+        assert (await client.health()).status == "ok"  # the runtime it had still serves
+        assert (await client.info()).runtime.name == "llamacpp"
 
 
 async def test_the_shim_passes_text_completions_through_streamed_or_not(shim_url: str) -> None:

@@ -22,12 +22,14 @@ from beacon_golem.imaging.build import stage_model
 from beacon_golem.imaging.commands import PLATFORM, docker_build_argv, gvmkit_build_argv, gvmkit_push_argv
 from beacon_golem.imaging.gvmi import GvmiFile, sha3_224_file
 from beacon_golem.imaging.lock import ImageLock, ImageLockEntry, load_lock, new_entry, record_image, save_lock
-from beacon_golem.imaging.spec import IMAGE_RUNTIMES, VOLUMES, default_tag, slug
+from beacon_golem.imaging.spec import IMAGE_RUNTIMES, MULTI_IMAGE, VOLUMES, default_tag, runtimes_in, slug
 from beacon_golem.imaging.spec import dockerfile as dockerfile_path
 from tests.support import ROOT
 
 HASH_A = hashlib.sha3_224(b"a").hexdigest()
 HASH_B = hashlib.sha3_224(b"b").hexdigest()
+#: The images that bake a model in (the multi image bakes none: tests/requestor/test_multi_image.py).
+BAKING_IMAGES = tuple(r for r in IMAGE_RUNTIMES if r != MULTI_IMAGE)
 
 
 # ---- the Dockerfiles -----------------------------------------------------------------------------
@@ -106,6 +108,10 @@ def test_expected_bases() -> None:
     assert bases("vllm") == ["vllm/vllm-openai:v0.11.0"]
     assert bases("ollama") == ["ollama/ollama:0.12.6", "python:3.11.13-slim-bookworm"]
     assert bases("dmr") == ["docker/model-runner:v1.1.30-cuda"]
+    assert bases("multi") == [
+        "nvidia/cuda:12.8.1-devel-ubuntu24.04", "ollama/ollama:0.12.6", "docker/model-runner:v1.1.30-cuda",
+        "nvidia/cuda:12.8.1-runtime-ubuntu24.04",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("runtime", IMAGE_RUNTIMES)
@@ -115,7 +121,7 @@ def test_every_writable_directory_is_a_volume(runtime: str) -> None:
     assert tuple(volumes) == VOLUMES
     env = env_of(final)
     assert (env["BEACON_DATA_DIR"], env["BEACON_MODELS_DIR"], env["BEACON_CACHE_DIR"]) == ("/data", "/models", "/cache")
-    assert env["BEACON_RUNTIME"] == runtime
+    assert env["BEACON_RUNTIME"] == runtimes_in(runtime)[0]
     # The image says which Python and beacon the start script uses.
     assert env["BEACON_PYTHON"] and env["BEACON_BIN"]
 
@@ -137,7 +143,7 @@ def test_image_copies_the_start_script_and_installs_the_package(runtime: str) ->
             assert (ROOT / value[0]).exists(), f"COPY source {value[0]} is not in the repository"
 
 
-@pytest.mark.parametrize("runtime", IMAGE_RUNTIMES)
+@pytest.mark.parametrize("runtime", BAKING_IMAGES)
 def test_model_can_be_baked_in_at_build_time(runtime: str) -> None:
     final = final_stage(runtime)
     assert args_of(final)["BEACON_MODEL"] == '""'

@@ -10,6 +10,8 @@
 # Environment (defaults in brackets; each image sets BEACON_RUNTIME and, when built with a
 # model, BEACON_BAKED_MODEL):
 #   BEACON_RUNTIME        ollama | dmr | vllm | llamacpp (required)
+#   BEACON_IMAGE_RUNTIMES the runtimes an image with several holds ("llamacpp ollama dmr" in the
+#                         multi image); BEACON_RUNTIME must be one of them [unset: not checked]
 #   BEACON_MODEL          model to serve [$BEACON_BAKED_MODEL]; see beacon_golem/node/prepare_model.py
 #   BEACON_MODEL_PULL     1: download a missing model now (needs outbound traffic) [0]
 #   BEACON_DATA_DIR       node data: jobs, results, logs [/data]
@@ -61,6 +63,12 @@ case "$RUNTIME" in
     "") die 2 "BEACON_RUNTIME is not set (ollama, dmr, vllm or llamacpp)" ;;
     *) die 2 "BEACON_RUNTIME=$RUNTIME is not a runtime (ollama, dmr, vllm or llamacpp)" ;;
 esac
+if [ -n "${BEACON_IMAGE_RUNTIMES:-}" ]; then
+    case " $BEACON_IMAGE_RUNTIMES " in
+        *" $RUNTIME "*) ;;
+        *) die 2 "BEACON_RUNTIME=$RUNTIME is not in this image (it holds $BEACON_IMAGE_RUNTIMES)" ;;
+    esac
+fi
 command -v "$PY" >/dev/null 2>&1 || die 2 "no Python at $PY (set BEACON_PYTHON)"
 command -v "$BEACON" >/dev/null 2>&1 || die 2 "no beacon command at $BEACON (set BEACON_BIN)"
 

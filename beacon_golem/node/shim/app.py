@@ -71,6 +71,8 @@ class ShimConfig(BaseModel):
     #: The key the runtime behind this shim requires (the node launched it with one); sent with
     #: every request to it, never shown.
     runtime_api_key: SecretStr | None = None
+    #: The runtimes this node's image holds: POST /runtime to another answers 422 (empty: any).
+    runtimes: list[str] = Field(default_factory=list)
 
     @field_validator("token")
     @classmethod
@@ -453,6 +455,9 @@ async def switch_runtime(request: web.Request) -> web.Response:
     body = await parse_body(request, RuntimeSwitch)
     if shim.switcher is None:
         return error_response(409, "this node fronts a runtime it did not launch: it cannot switch runtimes")
+    held = shim.config.runtimes
+    if held and body.runtime not in held:
+        return error_response(422, f"this node's image holds {', '.join(held)}, not {body.runtime}")
     if any(job.state.state in ("queued", "running") for job in shim.jobs.jobs.values()):
         return error_response(409, "a job is running on this node: switch runtimes once it has finished")
     try:
