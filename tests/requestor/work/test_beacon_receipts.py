@@ -134,6 +134,15 @@ def _receipts(path: Path) -> list[tuple[str, str]]:
         return conn.execute("SELECT job_id, receipt_json FROM results ORDER BY job_id").fetchall()
 
 
+def answer_one_pending(store: Store, run_id: str, signer: ReceiptSigner) -> None:
+    """A pending job of an old store answered now, with Beacon's receipt."""
+    job = store.jobs(run_id, states=["pending"])[0]
+    node = golem_node(job.region)
+    res = result("Answer 3")
+    receipt = signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, res, T0, T0))
+    store.record_result(job.job_id, node.node_id, res, T0, T0, receipt)
+
+
 def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipts(
     tmp_path: Path, signer: ReceiptSigner
 ) -> None:
@@ -144,17 +153,7 @@ def test_a_store_of_the_previous_version_migrates_keeps_and_verifies_its_receipt
         assert verify_run(ro, run_id, trusted_keys=[signer.public_key]).ok
     with Store(path) as store:  # migrated for writing; a resumed job gets Beacon's receipt beside the old ones
         assert store.schema_version() == SCHEMA_VERSION  # 3 -> 4 -> 5 (runs.jobspec_json) -> ...
-        job = store.jobs(run_id, states=["pending"])[0]
-        node = golem_node(job.region)
-        res = result("Answer 3")
-        store.record_result(
-            job.job_id,
-            node.node_id,
-            res,
-            T0,
-            T0,
-            signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, res, T0, T0)),
-        )
+        answer_one_pending(store, run_id, signer)
         report = verify_run(store, run_id, trusted_keys=[signer.public_key])
         assert report.ok and report.checked == 4
     after = _receipts(path)
@@ -168,17 +167,7 @@ def test_export_as_beacon_stores_executions(
 ) -> None:
     path, run_id = _old_store(tmp_path, signer)
     with Store(path) as store:
-        job = store.jobs(run_id, states=["pending"])[0]
-        node = golem_node(job.region)
-        res = result("Answer 3")
-        store.record_result(
-            job.job_id,
-            node.node_id,
-            res,
-            T0,
-            T0,
-            signer.sign_beacon(build_beacon_receipt(job, node, node.node_id, res, T0, T0)),
-        )
+        answer_one_pending(store, run_id, signer)
     with pytest.raises(SystemExit) as done:
         main(["runs", "export", run_id, "--format", "beacon", "--db", str(path)])
     assert done.value.code in (0, None)
