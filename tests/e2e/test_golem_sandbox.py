@@ -39,8 +39,9 @@ from tests.support import ROOT, unclosed_sessions
 #: the other one), and the point where vm-dies and provider-terminates hit: once the victim's VM has
 #: been sent `FAULT_AT_REQUESTS` HTTP requests (its first contact, health checks and about ten
 #: jobs), so that the fault lands mid-run whatever the machine's speed (a clock did not: a fast
-#: machine finished first, a loaded one took minutes).
-LONG = {"questions": 4, "repetitions": 16, "max_tokens": 64, "regions": ["US"]}
+#: machine finished first, a loaded one took minutes). 160 jobs: the survivor is still busy with
+#: most of them while the replacement is rented and approved (with 64 it sometimes finished first).
+LONG = {"questions": 4, "repetitions": 40, "max_tokens": 64, "regions": ["US"]}
 FAULT_AT_REQUESTS = 12
 
 
