@@ -539,6 +539,50 @@ def _same_time(a: Any, b: Any) -> bool:
         return False
 
 
+def _stored_result_problems(
+    result_json: str, result_text: str | None, signed_hash: Any, signed: dict[str, Any], where: str
+) -> list[str]:
+    """The stored GenerationResult against the signed `result_hash` and the timings and token
+    counts the receipt signs in `signed` (named `where` in the problems), both receipt formats."""
+    try:
+        stored = json.loads(result_json)
+    except ValueError:
+        return ["result: the stored GenerationResult is not valid JSON"]
+    problems: list[str] = []
+    if signed_hash != sha256_hex(canonical_json(stored)):
+        problems.append("result_hash mismatch: the stored GenerationResult differs from the one signed")
+    if not isinstance(stored, dict):
+        return problems
+    if result_text is not None and stored.get("text") != result_text:
+        problems.append("result.text differs from the stored answer text")
+    try:
+        metrics = result_metrics(stored)
+    except (TypeError, ValueError, ZeroDivisionError):
+        problems.append("result: the stored timings or token counts are not numbers")
+        metrics = {}
+    for field, value in metrics.items():
+        if _num_differs(signed.get(field), value):
+            problems.append(
+                f"{where}.{field} mismatch: receipt says {signed.get(field)}, the stored result gives {value}"
+            )
+    return problems
+
+
+def _stored_spec_problems(spec_json: str, signed_hash: Any, signed_region: Any, region_field: str) -> list[str]:
+    """The stored job spec against the signed `job_spec_hash` and the region the receipt signs."""
+    try:
+        spec = json.loads(spec_json)
+    except ValueError:
+        return ["job spec: the stored spec is not valid JSON"]
+    problems: list[str] = []
+    if signed_hash != sha256_hex(canonical_json(spec)):
+        problems.append("job_spec_hash mismatch: the stored job spec differs from the one signed")
+    region = spec.get("region") if isinstance(spec, dict) else None
+    if region is not None and signed_region != region:
+        problems.append(f"{region_field} mismatch")
+    return problems
+
+
 def verify_receipt(
     receipt: dict[str, Any] | SignedReceipt,
     result_text: str | None,
@@ -588,36 +632,11 @@ def verify_receipt(
     if result_text is not None and _get(body, "run", "outputs_hash") != outputs_hash(result_text):
         problems.append("outputs_hash mismatch: the answer text differs from the one signed")
     if result_json is not None:
-        try:
-            stored = json.loads(result_json)
-        except ValueError:
-            problems.append("result: the stored GenerationResult is not valid JSON")
-        else:
-            if env["result_hash"] != sha256_hex(canonical_json(stored)):
-                problems.append("result_hash mismatch: the stored GenerationResult differs from the one signed")
-            if result_text is not None and isinstance(stored, dict) and stored.get("text") != result_text:
-                problems.append("result.text differs from the stored answer text")
-            if isinstance(stored, dict):
-                try:
-                    metrics = result_metrics(stored)
-                except (TypeError, ValueError, ZeroDivisionError):
-                    problems.append("result: the stored timings or token counts are not numbers")
-                    metrics = {}
-                for field, value in metrics.items():
-                    signed = _get(body, "run", field)
-                    if _num_differs(signed, value):
-                        problems.append(f"run.{field} mismatch: receipt says {signed}, the stored result gives {value}")
+        run = body.get("run") if isinstance(body.get("run"), dict) else {}
+        problems += _stored_result_problems(result_json, result_text, env["result_hash"], run, "run")
     if spec_json is not None:
-        try:
-            spec = json.loads(spec_json)
-        except ValueError:
-            problems.append("job spec: the stored spec is not valid JSON")
-        else:
-            if body.get("job_spec_hash") != sha256_hex(canonical_json(spec)):
-                problems.append("job_spec_hash mismatch: the stored job spec differs from the one signed")
-            region = spec.get("region") if isinstance(spec, dict) else None
-            if region is not None and _get(body, "runner_instance", "region") != region:
-                problems.append("runner_instance.region mismatch")
+        region = _get(body, "runner_instance", "region")
+        problems += _stored_spec_problems(spec_json, body.get("job_spec_hash"), region, "runner_instance.region")
     if job_id is not None and body.get("job_id") != job_id:
         problems.append(f"job_id mismatch: receipt says {body.get('job_id')}")
     if node_id is not None and _get(body, "runner_instance", "instance_id") != node_id:
@@ -662,36 +681,10 @@ def verify_beacon_receipt(
         if response != result_text or meta.get("outputs_hash") != outputs_hash(result_text):
             problems.append("outputs_hash mismatch: the answer text differs from the one signed")
     if result_json is not None:
-        try:
-            stored = json.loads(result_json)
-        except ValueError:
-            problems.append("result: the stored GenerationResult is not valid JSON")
-        else:
-            if meta.get("result_hash") != sha256_hex(canonical_json(stored)):
-                problems.append("result_hash mismatch: the stored GenerationResult differs from the one signed")
-            if result_text is not None and isinstance(stored, dict) and stored.get("text") != result_text:
-                problems.append("result.text differs from the stored answer text")
-            if isinstance(stored, dict):
-                try:
-                    metrics = result_metrics(stored)
-                except (TypeError, ValueError, ZeroDivisionError):
-                    problems.append("result: the stored timings or token counts are not numbers")
-                    metrics = {}
-                for field, value in metrics.items():
-                    if _num_differs(meta.get(field), value):
-                        problems.append(f"output.metadata.{field} mismatch: receipt says {meta.get(field)}, "
-                                        f"the stored result gives {value}")  # fmt: skip
+        problems += _stored_result_problems(result_json, result_text, meta.get("result_hash"), meta, "output.metadata")
     if spec_json is not None:
-        try:
-            spec = json.loads(spec_json)
-        except ValueError:
-            problems.append("job spec: the stored spec is not valid JSON")
-        else:
-            if meta.get("job_spec_hash") != sha256_hex(canonical_json(spec)):
-                problems.append("job_spec_hash mismatch: the stored job spec differs from the one signed")
-            region = spec.get("region") if isinstance(spec, dict) else None
-            if region is not None and details.get("region") != region:
-                problems.append("execution_details.region mismatch")
+        region = details.get("region")
+        problems += _stored_spec_problems(spec_json, meta.get("job_spec_hash"), region, "execution_details.region")
     if job_id is not None and details.get("task_id") != job_id:
         problems.append(f"execution_details.task_id mismatch: receipt says {details.get('task_id')}")
     if node_id is not None and _get(receipt, "provenance", "provider_info", "node_id") != node_id:
