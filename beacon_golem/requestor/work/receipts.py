@@ -71,9 +71,11 @@ from beacon_golem.core.config import load_settings
 from beacon_golem.core.errors import BeaconError, UsageError
 from beacon_golem.core.inference import GenerationResult
 from beacon_golem.core.node import NodeInfo
+from beacon_golem.core.suite import read_text_file
 from beacon_golem.requestor.store import manifest as run_manifest
 from beacon_golem.requestor.store.rows import JobRow, RawResultRow, RawRunRow, job_id_for
 from beacon_golem.requestor.store.store import Store
+from beacon_golem.requestor.work.jobspec_signature import evaluate_trust, load_trust_list
 
 RECEIPT_VERSION = "1.0"
 ALGORITHM = "ed25519"
@@ -485,8 +487,6 @@ def default_trust_path() -> Path:
 def read_trust_file(path: str | Path) -> list[str]:
     """Trusted receipt keys from a file: one base64 key a line (`#` comments and blank lines skipped),
     or Beacon's trusted-keys JSON list (the keys whose entry is trusted now)."""
-    from beacon_golem.core.suite import read_text_file
-    from beacon_golem.requestor.work.jobspec_signature import evaluate_trust, load_trust_list
 
     path = Path(path)
     text = read_text_file(path)
